@@ -1,0 +1,393 @@
+//! The document stored in Elasticsearch (schema version 1) and the Kafka message contract.
+//!
+//! This module is the single definition of these fields (see `shared/DESIGN.md`). The shipper builds
+//! a [`Document`] per record and serialises it once; the Kafka message value *is* that JSON, and the
+//! indexer forwards the bytes to `_bulk` without re-parsing them.
+//!
+//! Golden example (`docs/schema.md` shows the same document):
+//!
+//! ```
+//! use sluice_common::schema::Document;
+//! let json = r#"{"@timestamp":"2026-11-27T00:17:09.669794202Z","message":"hello","stream":"stdout",
+//!   "log":{"file":{"path":"/var/log/pods/default_web-0_0d6c/app/0.log"},"offset":0},
+//!   "kubernetes":{"namespace":"default","pod":{"name":"web-0","uid":"0d6c"},"container":{"name":"app"},
+//!   "node":{"name":"node-1"},"labels":{"app_kubernetes_io/name":"web"}},
+//!   "host":{"name":"node-1"},"agent":{"type":"sluice","version":"0.1.0"},"tags":["metadata_from_path"]}"#;
+//! let doc: Document = serde_json::from_str(json).unwrap();
+//! assert_eq!(doc.kubernetes.pod.name, "web-0");
+//! ```
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of this document schema and of the Kafka message contract (header `sluice.v`).
+pub const SCHEMA_VERSION: &str = "1";
+
+/// Value of `agent.type` written by Sluice.
+pub const AGENT_TYPE: &str = "sluice";
+
+/// Default Kafka topic for records.
+pub const DEFAULT_TOPIC: &str = "sluice.logs";
+
+/// Default Kafka dead-letter topic.
+pub const DEFAULT_DLQ_TOPIC: &str = "sluice.logs.dlq";
+
+/// Kafka header names of the shipper → indexer contract.
+pub mod header {
+    /// The record id (ASCII), written as the Elasticsearch `_id`.
+    pub const ID: &str = "sluice.id";
+    /// The record timestamp as RFC 3339 UTC; selects the target index date.
+    pub const TS: &str = "sluice.ts";
+    /// The Kubernetes namespace; used for optional per-namespace routing.
+    pub const NS: &str = "sluice.ns";
+    /// The contract version, [`super::SCHEMA_VERSION`].
+    pub const V: &str = "sluice.v";
+    /// Dead-letter header: the class of error (`mapper_parsing_exception`, …).
+    pub const ERROR_TYPE: &str = "sluice.error.type";
+    /// Dead-letter header: the error reason as Elasticsearch reported it.
+    pub const ERROR_REASON: &str = "sluice.error.reason";
+    /// Dead-letter header: where the record came from, `topic/partition/offset`.
+    pub const SOURCE: &str = "sluice.source";
+}
+
+/// Tags a record can carry when it was not delivered exactly as written (invariant 5).
+pub mod tag {
+    /// The line exceeded `max_line_bytes` and was cut.
+    pub const TRUNCATED: &str = "truncated";
+    /// The line did not parse in the file's format; `message` is the raw line.
+    pub const PARSE_ERROR: &str = "parse_error";
+    /// A partial line was flushed without its final fragment (timeout, EOF, rotation).
+    pub const PARTIAL_FLUSHED: &str = "partial_flushed";
+    /// Kubernetes metadata comes only from the file path (no pod watch data).
+    pub const METADATA_FROM_PATH: &str = "metadata_from_path";
+    /// Invalid UTF-8 was replaced with U+FFFD.
+    pub const INVALID_UTF8: &str = "invalid_utf8";
+    /// Several physical lines were joined by a multiline rule.
+    pub const MULTILINE: &str = "multiline";
+}
+
+/// Output stream of a container log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl Stream {
+    /// The lowercase name used in logs and documents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// One log record as stored in Elasticsearch (`_source`), schema version 1.
+///
+/// Strings are [`Cow`] so the shipper can borrow per-file metadata and line content without copying.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document<'a> {
+    /// RFC 3339 timestamp in UTC with the source's nanoseconds kept.
+    #[serde(rename = "@timestamp", borrow)]
+    pub timestamp: Cow<'a, str>,
+    /// The log line content (reassembled, without the trailing newline).
+    #[serde(borrow)]
+    pub message: Cow<'a, str>,
+    /// Stream the line was written to.
+    pub stream: Stream,
+    /// Where the line was read.
+    #[serde(borrow)]
+    pub log: Log<'a>,
+    /// Kubernetes metadata.
+    #[serde(borrow)]
+    pub kubernetes: Kubernetes<'a>,
+    /// Container runtime metadata, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    pub container: Option<Container<'a>>,
+    /// The node's host name.
+    #[serde(borrow)]
+    pub host: Host<'a>,
+    /// The agent that produced the record.
+    #[serde(borrow)]
+    pub agent: Agent<'a>,
+    /// Tags from [`tag`]; omitted when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", borrow)]
+    pub tags: Vec<Cow<'a, str>>,
+}
+
+/// `log.*`: the source file and offset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log<'a> {
+    /// `log.file.*`.
+    #[serde(borrow)]
+    pub file: LogFile<'a>,
+    /// Byte offset of the record's first line in the (uncompressed) file.
+    pub offset: u64,
+}
+
+/// `log.file.*`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile<'a> {
+    /// Path of the file as discovered (the live `…/<n>.log` path, also for rotated generations).
+    #[serde(borrow)]
+    pub path: Cow<'a, str>,
+}
+
+/// `kubernetes.*`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kubernetes<'a> {
+    /// Namespace of the pod.
+    #[serde(borrow)]
+    pub namespace: Cow<'a, str>,
+    /// `kubernetes.pod.*`.
+    #[serde(borrow)]
+    pub pod: Pod<'a>,
+    /// `kubernetes.container.*`.
+    #[serde(borrow)]
+    pub container: Name<'a>,
+    /// `kubernetes.node.*`.
+    #[serde(borrow)]
+    pub node: Name<'a>,
+    /// Pod labels; dots in keys become `_` (see [`sanitize_label_key`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", borrow)]
+    pub labels: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+    /// Pod annotations (opt-in); same key rule as labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", borrow)]
+    pub annotations: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+}
+
+/// `kubernetes.pod.*`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pod<'a> {
+    /// Pod name.
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+    /// Pod UID.
+    #[serde(borrow)]
+    pub uid: Cow<'a, str>,
+}
+
+/// An object with just a `name` (`kubernetes.container`, `kubernetes.node`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Name<'a> {
+    /// The name.
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+}
+
+/// `container.*` (ECS): runtime view of the container.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Container<'a> {
+    /// Runtime container id (without the `containerd://` prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    pub id: Option<Cow<'a, str>>,
+    /// `container.image.*`.
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    pub image: Option<Name<'a>>,
+    /// Runtime name (`containerd`, `cri-o`, `docker`).
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    pub runtime: Option<Cow<'a, str>>,
+}
+
+/// `host.*`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Host<'a> {
+    /// Host name of the node.
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+}
+
+/// `agent.*`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent<'a> {
+    /// Always [`AGENT_TYPE`].
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    /// Version of the shipper that read the line.
+    #[serde(borrow)]
+    pub version: Cow<'a, str>,
+}
+
+impl Default for Agent<'_> {
+    fn default() -> Self {
+        Agent {
+            kind: Cow::Borrowed(AGENT_TYPE),
+            version: Cow::Borrowed(env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// Turns a label or annotation key into a document key: dots become `_` so that
+/// `app.kubernetes.io/name` does not create nested objects that conflict with `app`.
+pub fn sanitize_label_key(key: &str) -> Cow<'_, str> {
+    if key.contains('.') {
+        Cow::Owned(key.replace('.', "_"))
+    } else {
+        Cow::Borrowed(key)
+    }
+}
+
+/// The Kafka headers of one record (contract version 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Headers<'a> {
+    /// `sluice.id`: the record id, used as `_id`.
+    pub id: Cow<'a, str>,
+    /// `sluice.ts`: RFC 3339 UTC timestamp of the record.
+    pub ts: Cow<'a, str>,
+    /// `sluice.ns`: Kubernetes namespace.
+    pub ns: Cow<'a, str>,
+}
+
+impl<'a> Headers<'a> {
+    /// The headers as `(name, value)` pairs in contract order, including `sluice.v`.
+    pub fn pairs(&self) -> [(&'static str, &[u8]); 4] {
+        [
+            (header::ID, self.id.as_bytes()),
+            (header::TS, self.ts.as_bytes()),
+            (header::NS, self.ns.as_bytes()),
+            (header::V, SCHEMA_VERSION.as_bytes()),
+        ]
+    }
+
+    /// Reads the headers back from `(name, value)` pairs, as a consumer sees them.
+    pub fn from_pairs<'b, I>(pairs: I) -> Result<Headers<'a>, HeaderError>
+    where
+        I: IntoIterator<Item = (&'b str, Option<&'a [u8]>)>,
+    {
+        let (mut id, mut ts, mut ns, mut v) = (None, None, None, None);
+        for (name, value) in pairs {
+            let slot = match name {
+                header::ID => &mut id,
+                header::TS => &mut ts,
+                header::NS => &mut ns,
+                header::V => &mut v,
+                _ => continue,
+            };
+            let value = value.unwrap_or_default();
+            let text = std::str::from_utf8(value).map_err(|_| HeaderError::NotUtf8(name.to_owned()))?;
+            *slot = Some(Cow::Borrowed(text));
+        }
+        match v.as_deref() {
+            Some(SCHEMA_VERSION) => {}
+            Some(other) => return Err(HeaderError::Version(other.to_owned())),
+            None => return Err(HeaderError::Missing(header::V)),
+        }
+        Ok(Headers {
+            id: id.ok_or(HeaderError::Missing(header::ID))?,
+            ts: ts.ok_or(HeaderError::Missing(header::TS))?,
+            ns: ns.unwrap_or(Cow::Borrowed("")),
+        })
+    }
+}
+
+/// A Kafka message that does not follow the contract.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// A required header is absent.
+    #[error("missing header `{0}`")]
+    Missing(&'static str),
+    /// A header value is not UTF-8.
+    #[error("header `{0}` is not UTF-8")]
+    NotUtf8(String),
+    /// `sluice.v` names a version this build does not understand.
+    #[error("unsupported contract version `{0}` (this build reads version 1)")]
+    Version(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Document<'static> {
+        let mut labels = BTreeMap::new();
+        labels.insert(sanitize_label_key("app.kubernetes.io/name").into_owned().into(), "web".into());
+        Document {
+            timestamp: "2026-11-27T00:17:09.669794202Z".into(),
+            message: "hello \"world\"\tü".into(),
+            stream: Stream::Stderr,
+            log: Log { file: LogFile { path: "/var/log/pods/default_web-0_0d6c/app/0.log".into() }, offset: 42 },
+            kubernetes: Kubernetes {
+                namespace: "default".into(),
+                pod: Pod { name: "web-0".into(), uid: "0d6c".into() },
+                container: Name { name: "app".into() },
+                node: Name { name: "node-1".into() },
+                labels,
+                annotations: BTreeMap::new(),
+            },
+            container: Some(Container { id: Some("abc".into()), image: Some(Name { name: "nginx:1".into() }), runtime: Some("containerd".into()) }),
+            host: Host { name: "node-1".into() },
+            agent: Agent::default(),
+            tags: vec![tag::TRUNCATED.into()],
+        }
+    }
+
+    #[test]
+    fn document_round_trips_through_json() {
+        let doc = sample();
+        let json = serde_json::to_string(&doc).unwrap();
+        let back: Document = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, doc);
+    }
+
+    #[test]
+    fn document_is_nested_ecs_shape() {
+        let value = serde_json::to_value(sample()).unwrap();
+        assert_eq!(value["@timestamp"], "2026-11-27T00:17:09.669794202Z");
+        assert_eq!(value["kubernetes"]["pod"]["name"], "web-0");
+        assert_eq!(value["kubernetes"]["labels"]["app_kubernetes_io/name"], "web");
+        assert_eq!(value["log"]["file"]["path"], "/var/log/pods/default_web-0_0d6c/app/0.log");
+        assert_eq!(value["agent"]["type"], "sluice");
+        assert_eq!(value["stream"], "stderr");
+        assert!(value["kubernetes"].get("annotations").is_none(), "empty maps are omitted");
+    }
+
+    #[test]
+    fn golden_document_parses_and_reserialises_identically() {
+        let golden = include_str!("../../docs/golden-document.json").trim();
+        let doc: Document = serde_json::from_str(golden).unwrap();
+        let again = serde_json::to_string_pretty(&doc).unwrap();
+        assert_eq!(again, golden);
+    }
+
+    #[test]
+    fn unknown_document_fields_are_rejected() {
+        let mut value = serde_json::to_value(sample()).unwrap();
+        value["surprise"] = 1.into();
+        let text = value.to_string();
+        let err = serde_json::from_str::<Document>(&text).unwrap_err();
+        assert!(err.to_string().contains("surprise"), "{err}");
+    }
+
+    #[test]
+    fn headers_round_trip() {
+        let h = Headers { id: "abc".into(), ts: "2026-11-27T00:00:00Z".into(), ns: "default".into() };
+        let pairs = h.pairs();
+        let back = Headers::from_pairs(pairs.iter().map(|(k, v)| (*k, Some(*v)))).unwrap();
+        assert_eq!(back, h);
+    }
+
+    #[test]
+    fn headers_reject_missing_and_foreign_versions() {
+        let missing = Headers::from_pairs([(header::V, Some(&b"1"[..])), (header::TS, Some(&b"x"[..]))]);
+        assert_eq!(missing.unwrap_err(), HeaderError::Missing(header::ID));
+        let v2 = Headers::from_pairs([(header::V, Some(&b"2"[..]))]);
+        assert_eq!(v2.unwrap_err(), HeaderError::Version("2".into()));
+        let none = Headers::from_pairs([(header::ID, Some(&b"a"[..]))]);
+        assert_eq!(none.unwrap_err(), HeaderError::Missing(header::V));
+    }
+}
