@@ -1,0 +1,1 @@
+../elasticsearch/docker-entrypoint.sh
