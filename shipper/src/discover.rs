@@ -1,0 +1,344 @@
+//! Discovery: which log files exist, grouped by live path with their rotated generations.
+//!
+//! The kubelet layout is `<root>/<namespace>_<pod>_<uid>/<container>/<restart>.log`; rotation renames
+//! `N.log` to `N.log.<YYYYMMDD-hhmmss>` and later compresses it to `N.log.<YYYYMMDD-hhmmss>.gz`
+//! (through a `.tmp` file, which is ignored). A full [`Discovery::scan`] runs every
+//! `tail.rescan_interval`; inotify events (see [`crate::pipeline`]) make new data visible sooner.
+//! `*.log` symlinks in `paths.symlink_dirs` (`/var/log/containers`) are resolved; a target already
+//! found under the root is not added twice.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use crate::config::PathsConfig;
+
+/// Kubernetes fields derived from a kubelet log path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodPath {
+    /// Namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Pod UID.
+    pub uid: String,
+    /// Container name.
+    pub container: String,
+    /// Restart count (`N` of `N.log`).
+    pub restart: u32,
+}
+
+impl PodPath {
+    /// Parses `…/<ns>_<pod>_<uid>/<container>/<N>.log` (rotation suffixes are allowed).
+    pub fn parse(path: &Path) -> Option<PodPath> {
+        let name = path.file_name()?.to_str()?;
+        let (base, _) = classify(name)?;
+        let restart: u32 = base.strip_suffix(".log")?.parse().ok()?;
+        let container = path.parent()?.file_name()?.to_str()?;
+        let pod_dir = path.parent()?.parent()?.file_name()?.to_str()?;
+        // Namespaces and pod names cannot contain `_`; uids neither.
+        let mut parts = pod_dir.splitn(3, '_');
+        let (ns, pod, uid) = (parts.next()?, parts.next()?, parts.next()?);
+        if ns.is_empty() || pod.is_empty() || uid.is_empty() || uid.contains('_') || container.is_empty() {
+            return None;
+        }
+        Some(PodPath {
+            namespace: ns.to_owned(),
+            pod: pod.to_owned(),
+            uid: uid.to_owned(),
+            container: container.to_owned(),
+            restart,
+        })
+    }
+}
+
+/// Kind of one generation of a log file.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GenKind {
+    /// Renamed by rotation: `N.log.<YYYYMMDD-hhmmss>`.
+    Rotated(String),
+    /// Rotated and compressed: `N.log.<YYYYMMDD-hhmmss>.gz`.
+    Gz(String),
+    /// The file written now: `N.log`.
+    Live,
+}
+
+impl GenKind {
+    /// Sort key: rotated generations by timestamp (a plain file before its `.gz`), the live one last.
+    pub fn order(&self) -> (u8, &str, u8) {
+        match self {
+            GenKind::Rotated(ts) => (0, ts, 0),
+            GenKind::Gz(ts) => (0, ts, 1),
+            GenKind::Live => (1, "", 0),
+        }
+    }
+}
+
+fn is_rotation_ts(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 15 && b[8] == b'-' && b.iter().enumerate().all(|(i, c)| i == 8 || c.is_ascii_digit())
+}
+
+/// Splits a file name into the live name (`N.log`) and the generation kind; `None` for other files.
+pub fn classify(name: &str) -> Option<(&str, GenKind)> {
+    if name.ends_with(".log") {
+        return Some((name, GenKind::Live));
+    }
+    let idx = name.find(".log.")?;
+    let (base, rest) = name.split_at(idx + 4);
+    let rest = &rest[1..];
+    if let Some(ts) = rest.strip_suffix(".gz") {
+        return is_rotation_ts(ts).then(|| (base, GenKind::Gz(ts.to_owned())));
+    }
+    is_rotation_ts(rest).then(|| (base, GenKind::Rotated(rest.to_owned())))
+}
+
+/// The live path of any generation's path (`…/0.log.20260101-000000.gz` → `…/0.log`).
+pub fn live_path_of(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    let (base, _) = classify(name)?;
+    Some(path.with_file_name(base))
+}
+
+/// One file of a generation as seen by a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenFile {
+    /// Where it is now.
+    pub path: PathBuf,
+    /// Its kind.
+    pub kind: GenKind,
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Size in bytes (compressed size for `.gz`).
+    pub size: u64,
+    /// Modification time (seconds), used to cache `.gz` fingerprints.
+    pub mtime: i64,
+}
+
+/// A live path and the generations found for it, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogicalFile {
+    /// The live path (`…/N.log`), canonical.
+    pub live: PathBuf,
+    /// Generations, oldest first; the live file, when it exists, is last.
+    pub generations: Vec<GenFile>,
+}
+
+/// Why discovery could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    /// An include or exclude glob is invalid.
+    #[error("invalid glob: {0}")]
+    Glob(#[from] globset::Error),
+}
+
+/// The scanner: root, symlink directories and globs.
+#[derive(Debug)]
+pub struct Discovery {
+    root: PathBuf,
+    symlink_dirs: Vec<PathBuf>,
+    include: GlobSet,
+    exclude: GlobSet,
+}
+
+fn globset(list: &[String]) -> Result<GlobSet, globset::Error> {
+    let mut b = GlobSetBuilder::new();
+    for g in list {
+        b.add(Glob::new(g)?);
+    }
+    b.build()
+}
+
+const MAX_DEPTH: usize = 6;
+
+impl Discovery {
+    /// A scanner for `paths.*`.
+    pub fn new(paths: &PathsConfig) -> Result<Self, DiscoverError> {
+        Ok(Discovery {
+            root: PathBuf::from(&paths.root),
+            symlink_dirs: paths.symlink_dirs.iter().map(PathBuf::from).collect(),
+            include: globset(&paths.include)?,
+            exclude: globset(&paths.exclude)?,
+        })
+    }
+
+    /// The configured root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether a live path passes the include/exclude globs.
+    pub fn wanted(&self, live: &Path) -> bool {
+        self.include.is_match(live) && !self.exclude.is_match(live)
+    }
+
+    /// Walks the root and the symlink directories. Unreadable entries are skipped (a pod directory can
+    /// vanish during the walk).
+    pub fn scan(&self) -> Vec<LogicalFile> {
+        let mut groups: BTreeMap<PathBuf, Vec<GenFile>> = BTreeMap::new();
+        let root = fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
+        walk(&root, 0, &mut groups);
+        let mut seen_dirs: HashSet<PathBuf> = HashSet::new();
+        for dir in &self.symlink_dirs {
+            let Ok(entries) = fs::read_dir(dir) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_none_or(|e| e != "log") {
+                    continue;
+                }
+                let Ok(target) = fs::canonicalize(&path) else { continue };
+                if groups.contains_key(&target) || target.starts_with(&root) {
+                    continue; // read under the root already: no double read
+                }
+                if let Some(parent) = target.parent()
+                    && seen_dirs.insert(parent.to_owned())
+                {
+                    scan_dir(parent, &mut groups);
+                }
+                groups.entry(target).or_default();
+            }
+        }
+        groups
+            .into_iter()
+            .filter(|(live, gens)| !gens.is_empty() && self.wanted(live))
+            .map(|(live, mut generations)| {
+                generations.sort_by(|a, b| a.kind.order().cmp(&b.kind.order()));
+                LogicalFile { live, generations }
+            })
+            .collect()
+    }
+}
+
+fn walk(dir: &Path, depth: usize, groups: &mut BTreeMap<PathBuf, Vec<GenFile>>) {
+    if depth > MAX_DEPTH {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    let mut has_files = false;
+    for entry in entries.flatten() {
+        let Ok(ft) = entry.file_type() else { continue };
+        if ft.is_dir() {
+            walk(&entry.path(), depth + 1, groups);
+        } else if ft.is_file() {
+            has_files = true;
+        }
+    }
+    if has_files {
+        scan_dir(dir, groups);
+    }
+}
+
+/// Adds the generations of every log file in one directory.
+pub fn scan_dir(dir: &Path, groups: &mut BTreeMap<PathBuf, Vec<GenFile>>) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some((base, kind)) = classify(name) else { continue };
+        let Ok(md) = fs::symlink_metadata(entry.path()) else { continue };
+        if !md.is_file() {
+            continue;
+        }
+        groups.entry(dir.join(base)).or_default().push(GenFile {
+            path: entry.path(),
+            kind,
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.size(),
+            mtime: md.mtime(),
+        });
+    }
+}
+
+/// Generations of one live path, oldest first (a fresh listing of its directory).
+pub fn generations_of(live: &Path) -> io::Result<Vec<GenFile>> {
+    let dir = live.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
+    let mut groups = BTreeMap::new();
+    scan_dir(dir, &mut groups);
+    let mut gens = groups.remove(live).unwrap_or_default();
+    gens.sort_by(|a, b| a.kind.order().cmp(&b.kind.order()));
+    Ok(gens)
+}
+
+/// Whether a rotated generation of `live` is being compressed right now (a recent `N.log.<ts>*.tmp`).
+/// A stale temporary file (older than a minute) does not count.
+pub fn compression_in_progress(live: &Path) -> bool {
+    let (Some(dir), Some(name)) = (live.parent(), live.file_name().and_then(|n| n.to_str())) else { return false };
+    let Ok(entries) = fs::read_dir(dir) else { return false };
+    let prefix = format!("{name}.");
+    entries.flatten().any(|e| {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        n.starts_with(&prefix)
+            && n.ends_with(".tmp")
+            && e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().unwrap_or_default().as_secs() < 60)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_generations() {
+        assert_eq!(classify("0.log"), Some(("0.log", GenKind::Live)));
+        assert_eq!(classify("0.log.20260101-120000"), Some(("0.log", GenKind::Rotated("20260101-120000".into()))));
+        assert_eq!(classify("0.log.20260101-120000.gz"), Some(("0.log", GenKind::Gz("20260101-120000".into()))));
+        assert_eq!(classify("0.log.20260101-120000.tmp"), None);
+        assert_eq!(classify("0.log.1"), None);
+        assert_eq!(classify("notes.txt"), None);
+    }
+
+    #[test]
+    fn pod_paths() {
+        let p = PodPath::parse(Path::new("/var/log/pods/shop_web-0_0d6c-11/nginx/3.log.20260101-120000.gz")).unwrap();
+        assert_eq!(p.namespace, "shop");
+        assert_eq!(p.pod, "web-0");
+        assert_eq!(p.uid, "0d6c-11");
+        assert_eq!(p.container, "nginx");
+        assert_eq!(p.restart, 3);
+        assert!(PodPath::parse(Path::new("/tmp/x/app.log")).is_none());
+        assert_eq!(live_path_of(Path::new("/a/b/0.log.20260101-120000.gz")).unwrap(), PathBuf::from("/a/b/0.log"));
+    }
+
+    #[test]
+    fn scan_groups_orders_and_dedupes_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("pods");
+        let dir = root.join("ns_p_u1/app");
+        fs::create_dir_all(&dir).unwrap();
+        for name in ["0.log", "0.log.20260101-000002", "0.log.20260101-000001.gz", "0.log.20260101-000003.gz.tmp"] {
+            fs::write(dir.join(name), "x\n").unwrap();
+        }
+        let other = tmp.path().join("elsewhere/ns_q_u2/c");
+        fs::create_dir_all(&other).unwrap();
+        fs::write(other.join("1.log"), "y\n").unwrap();
+        let links = tmp.path().join("containers");
+        fs::create_dir_all(&links).unwrap();
+        std::os::unix::fs::symlink(dir.join("0.log"), links.join("p_ns_app-abc.log")).unwrap();
+        std::os::unix::fs::symlink(other.join("1.log"), links.join("q_ns_c-def.log")).unwrap();
+        let cfg = PathsConfig {
+            root: root.display().to_string(),
+            symlink_dirs: vec![links.display().to_string()],
+            ..PathsConfig::default()
+        };
+        let files = Discovery::new(&cfg).unwrap().scan();
+        assert_eq!(files.len(), 2, "{files:#?}");
+        let first = files.iter().find(|f| f.live.ends_with("app/0.log")).unwrap();
+        let kinds: Vec<_> = first.generations.iter().map(|g| g.kind.clone()).collect();
+        assert_eq!(
+            kinds,
+            vec![GenKind::Gz("20260101-000001".into()), GenKind::Rotated("20260101-000002".into()), GenKind::Live]
+        );
+        assert!(files.iter().any(|f| f.live.ends_with("c/1.log")));
+
+        let cfg = PathsConfig { exclude: vec!["**/ns_q_*/**".into()], ..cfg };
+        assert_eq!(Discovery::new(&cfg).unwrap().scan().len(), 1);
+    }
+}

@@ -1,0 +1,466 @@
+//! The per-file chain from bytes to messages: line splitting (memchr), format detection, parsing,
+//! partial-line reassembly, multiline joining and physical lines longer than the read buffer.
+//!
+//! Used by the tailer ([`crate::pipeline`]) and by `inspect`, so both produce the same records.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use memchr::memchr;
+use sluice_common::schema::Stream;
+
+use crate::config::Format;
+use crate::multiline::{Joiner, Rule};
+use crate::parse::{Fragment, ParseError, cri, detect, parse_line};
+use crate::reassemble::{Assembler, Budget, FlushReason, Message, Tags, utf8_cut};
+use crate::record::parse_error_message;
+
+/// Receives what a [`LineProcessor`] produces.
+pub trait Output {
+    /// A complete message (becomes one record).
+    fn message(&mut self, msg: Message<'_>);
+    /// A physical line was handled; re-reading from `resume` re-creates every message not yet
+    /// produced (the resume point is nondecreasing).
+    fn line_done(&mut self, resume: u64);
+    /// A line did not parse (already forwarded raw as a message tagged `parse_error`).
+    fn parse_error(&mut self, err: ParseError);
+    /// Stop after the current line (back-pressure).
+    fn full(&self) -> bool {
+        false
+    }
+}
+
+/// Pending-bytes budgets shared by all files (`limits.pending_bytes` each).
+#[derive(Debug, Clone)]
+pub struct Budgets {
+    /// Partial lines being reassembled.
+    pub partial: Budget,
+    /// Multiline records being joined.
+    pub multiline: Budget,
+}
+
+impl Budgets {
+    /// Budgets of `limit` bytes each.
+    pub fn new(limit: usize) -> Self {
+        Budgets { partial: Budget::new(limit), multiline: Budget::new(limit) }
+    }
+    /// Bytes in use.
+    pub fn used(&self) -> usize {
+        self.partial.used + self.multiline.used
+    }
+}
+
+#[derive(Debug)]
+struct LongLine {
+    start: u64,
+    /// CRI header of the line (timestamp, stream, tag was `P`); `None`: the line is skipped after a
+    /// raw, truncated `parse_error` record.
+    cri: Option<(Vec<u8>, Stream, bool)>,
+}
+
+/// Per-file line processing state.
+#[derive(Debug)]
+pub struct LineProcessor {
+    format: Format,
+    max_line: usize,
+    assembler: Assembler,
+    joiner: Option<Joiner>,
+    long: Option<LongLine>,
+}
+
+struct Chain<'a, O: Output> {
+    joiner: &'a mut Option<Joiner>,
+    budget: &'a mut Budget,
+    now: Instant,
+    out: &'a mut O,
+}
+
+impl<O: Output> Chain<'_, O> {
+    fn send(&mut self, m: Message<'_>) {
+        match self.joiner {
+            Some(j) => j.push(m, self.now, self.budget, &mut |m| self.out.message(m)),
+            None => self.out.message(m),
+        }
+    }
+}
+
+impl LineProcessor {
+    /// A processor for one file; `format` `Auto` is resolved on the first line.
+    pub fn new(format: Format, max_line: usize, flush_timeout: Duration, rule: Option<Arc<Rule>>) -> Self {
+        LineProcessor {
+            format,
+            max_line,
+            assembler: Assembler::new(max_line, flush_timeout),
+            joiner: rule.map(Joiner::new),
+            long: None,
+        }
+    }
+
+    /// The format in use (`Auto` until the first line).
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// The resume point given that everything before `pos` was consumed.
+    pub fn resume_point(&self, pos: u64) -> u64 {
+        let mut r = pos;
+        for s in [self.assembler.min_pending_start(), self.joiner.as_ref().and_then(Joiner::min_pending_start)]
+            .into_iter()
+            .flatten()
+        {
+            r = r.min(s);
+        }
+        if let Some(l) = &self.long {
+            r = r.min(l.start);
+        }
+        r
+    }
+
+    /// Processes the complete lines of `chunk`, read at offset `pos`. When `chunk` fills the whole read
+    /// buffer without a newline, it is handled as a piece of an overlong line. Returns the bytes
+    /// consumed; an incomplete last line is left for the next read.
+    pub fn chunk<O: Output>(
+        &mut self,
+        chunk: &[u8],
+        pos: u64,
+        buffer_full: bool,
+        now: Instant,
+        budgets: &mut Budgets,
+        out: &mut O,
+    ) -> usize {
+        let mut i = 0;
+        if self.long.is_some() {
+            match memchr(b'\n', chunk) {
+                Some(nl) => {
+                    self.long_piece(&chunk[..nl], pos, pos + nl as u64 + 1, true, now, budgets, out);
+                    i = nl + 1;
+                }
+                None => {
+                    self.long_piece(chunk, pos, pos + chunk.len() as u64, false, now, budgets, out);
+                    return chunk.len();
+                }
+            }
+            if out.full() {
+                return i;
+            }
+        }
+        while i < chunk.len() {
+            match memchr(b'\n', &chunk[i..]) {
+                Some(nl) => {
+                    let start = pos + i as u64;
+                    let end = start + nl as u64 + 1;
+                    self.line(&chunk[i..i + nl], start, end, now, budgets, out);
+                    i += nl + 1;
+                    if out.full() {
+                        break;
+                    }
+                }
+                None => {
+                    if i == 0 && buffer_full {
+                        self.long_piece(chunk, pos, pos + chunk.len() as u64, false, now, budgets, out);
+                        i = chunk.len();
+                    }
+                    break;
+                }
+            }
+        }
+        i
+    }
+
+    /// Processes one complete physical line (without its `\n`) read at `[start, end)`.
+    pub fn line<O: Output>(
+        &mut self,
+        line: &[u8],
+        start: u64,
+        end: u64,
+        now: Instant,
+        budgets: &mut Budgets,
+        out: &mut O,
+    ) {
+        if self.format == Format::Auto {
+            self.format = detect(line);
+        }
+        let Budgets { partial, multiline } = budgets;
+        let mut chain = Chain { joiner: &mut self.joiner, budget: multiline, now, out };
+        match parse_line(self.format, line) {
+            Ok(frag) => self.assembler.push(frag, start, end, now, partial, &mut |m| chain.send(m)),
+            Err(err) => {
+                chain.out.parse_error(err);
+                let mut m = parse_error_message(line, start, end);
+                let cut = utf8_cut(&m.content, self.max_line);
+                if cut < m.content.len() {
+                    m.content = Cow::Borrowed(&line[..cut]);
+                    m.tags.insert(Tags::TRUNCATED);
+                }
+                chain.send(m);
+            }
+        }
+        let resume = self.resume_point(end);
+        out.line_done(resume);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn long_piece<O: Output>(
+        &mut self,
+        piece: &[u8],
+        start: u64,
+        end: u64,
+        last: bool,
+        now: Instant,
+        budgets: &mut Budgets,
+        out: &mut O,
+    ) {
+        if self.format == Format::Auto {
+            self.format = detect(piece);
+        }
+        let Budgets { partial, multiline } = budgets;
+        let mut chain = Chain { joiner: &mut self.joiner, budget: multiline, now, out };
+        match &self.long {
+            None => {
+                // First piece: parse the CRI header, or forward the raw beginning as a parse error.
+                let header = if self.format == Format::Cri { cri::parse(piece).ok() } else { None };
+                match header {
+                    Some(frag) => {
+                        let ts = frag.timestamp.to_vec();
+                        let (stream, tag_partial) = (frag.stream, frag.partial);
+                        let frag = Fragment { partial: true, ..frag };
+                        self.assembler.push(frag, start, end, now, partial, &mut |m| chain.send(m));
+                        self.long = Some(LongLine { start, cri: Some((ts, stream, tag_partial)) });
+                    }
+                    None => {
+                        chain.out.parse_error(if self.format == Format::Cri {
+                            ParseError::MissingField
+                        } else {
+                            ParseError::Json
+                        });
+                        let cut = utf8_cut(piece, self.max_line);
+                        let mut m = parse_error_message(&piece[..cut], start, end);
+                        m.tags.insert(Tags::TRUNCATED);
+                        chain.send(m);
+                        self.long = Some(LongLine { start, cri: None });
+                    }
+                }
+            }
+            Some(LongLine { cri: Some((ts, stream, tag_partial)), .. }) => {
+                let frag = Fragment {
+                    timestamp: Cow::Borrowed(ts.as_slice()),
+                    stream: *stream,
+                    partial: !last || *tag_partial,
+                    content: Cow::Borrowed(piece),
+                };
+                self.assembler.push(frag, start, end, now, partial, &mut |m| chain.send(m));
+            }
+            Some(LongLine { cri: None, .. }) => {}
+        }
+        if last {
+            self.long = None;
+        }
+        let resume = self.resume_point(end);
+        out.line_done(resume);
+    }
+
+    /// Sends partial and multiline records idle for longer than their timeouts.
+    pub fn flush_expired<O: Output>(&mut self, now: Instant, budgets: &mut Budgets, out: &mut O) {
+        let Budgets { partial, multiline } = budgets;
+        let mut chain = Chain { joiner: &mut self.joiner, budget: multiline, now, out };
+        self.assembler.flush_expired(now, partial, &mut |m| chain.send(m));
+        if let Some(j) = chain.joiner.as_mut() {
+            j.flush_expired(now, &mut *chain.budget, &mut |m| chain.out.message(m));
+        }
+    }
+
+    /// Sends everything pending (end of a file), tagging partial lines `partial_flushed`.
+    pub fn flush_all<O: Output>(&mut self, reason: FlushReason, budgets: &mut Budgets, out: &mut O) {
+        let Budgets { partial, multiline } = budgets;
+        let mut chain = Chain { joiner: &mut self.joiner, budget: multiline, now: Instant::now(), out };
+        self.assembler.flush_all(reason, partial, &mut |m| chain.send(m));
+        if let Some(j) = chain.joiner.as_mut() {
+            j.flush_all(&mut *chain.budget, &mut |m| chain.out.message(m));
+        }
+        self.long = None;
+    }
+
+    /// Drops everything pending, returning its budget (it is re-read from the checkpoint).
+    pub fn discard(&mut self, budgets: &mut Budgets) {
+        self.assembler.discard(&mut budgets.partial);
+        if let Some(j) = &mut self.joiner {
+            j.discard(&mut budgets.multiline);
+        }
+        self.long = None;
+    }
+}
+
+/// Convenience for tests and `inspect`: parses a whole input into messages, flushing at the end.
+pub fn parse_all(input: &[u8], format: Format, max_line: usize) -> Vec<(u64, String, Stream, Tags)> {
+    struct Collect(Vec<(u64, String, Stream, Tags)>);
+    impl Output for Collect {
+        fn message(&mut self, m: Message<'_>) {
+            self.0.push((m.start, String::from_utf8_lossy(&m.content).into_owned(), m.stream, m.tags));
+        }
+        fn line_done(&mut self, _: u64) {}
+        fn parse_error(&mut self, _: ParseError) {}
+    }
+    let mut p = LineProcessor::new(format, max_line, Duration::from_secs(3600), None);
+    let mut budgets = Budgets::new(usize::MAX / 4);
+    let mut out = Collect(Vec::new());
+    let now = Instant::now();
+    let used = p.chunk(input, 0, false, now, &mut budgets, &mut out);
+    if used < input.len() {
+        let rest = &input[used..];
+        p.line(rest, used as u64, input.len() as u64, now, &mut budgets, &mut out);
+    }
+    p.flush_all(FlushReason::EndOfFile, &mut budgets, &mut out);
+    out.0
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const MB: usize = 1 << 20;
+
+    fn cri(stream: &str, tag: &str, content: &[u8]) -> Vec<u8> {
+        let mut l = format!("2026-11-27T00:17:09.669794202+00:00 {stream} {tag} ").into_bytes();
+        l.extend_from_slice(content);
+        l.push(b'\n');
+        l
+    }
+
+    #[test]
+    fn empty_content_and_crlf() {
+        let mut input = cri("stdout", "F", b"");
+        input.extend(cri("stdout", "F", b"windows\r"));
+        let out = parse_all(&input, Format::Auto, MB);
+        assert_eq!(out.iter().map(|o| o.1.as_str()).collect::<Vec<_>>(), vec!["", "windows"]);
+        // A file with CRLF line endings in docker format.
+        let docker = b"{\"log\":\"a\\n\",\"stream\":\"stdout\",\"time\":\"2026-11-27T00:17:09.5+00:00\"}\r\n";
+        let out = parse_all(docker, Format::Auto, MB);
+        assert_eq!(out[0].1, "a");
+    }
+
+    #[test]
+    fn exactly_16_kib_line_in_one_or_two_fragments() {
+        let content = vec![b'x'; 16 * 1024];
+        let one = parse_all(&cri("stdout", "F", &content), Format::Cri, MB);
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].1.len(), 16 * 1024);
+        let mut two = cri("stdout", "P", &content);
+        two.extend(cri("stdout", "F", b""));
+        let out = parse_all(&two, Format::Cri, MB);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1.len(), 16 * 1024);
+        assert_eq!(out[0].3, Tags::default());
+    }
+
+    #[test]
+    fn ten_megabyte_lines_are_truncated_not_dropped() {
+        // As containerd writes it: 16 KiB P fragments.
+        let mut input = Vec::new();
+        let chunk = vec![b'y'; 16 * 1024];
+        for _ in 0..640 {
+            input.extend(cri("stderr", "P", &chunk));
+        }
+        input.extend(cri("stderr", "F", b"end"));
+        input.extend(cri("stdout", "F", b"next"));
+        let out = parse_all(&input, Format::Cri, MB);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].1.len(), MB);
+        assert!(out[0].3.contains(Tags::TRUNCATED));
+        assert_eq!(out[1].1, "next");
+
+        // One physical 10 MB line, longer than the read buffer.
+        let mut input = cri("stdout", "F", &vec![b'z'; 10 * MB]);
+        input.extend(cri("stdout", "F", b"after"));
+        let mut p = LineProcessor::new(Format::Auto, MB, Duration::from_secs(5), None);
+        let mut budgets = Budgets::new(8 * MB);
+        struct C(Vec<(u64, usize, Tags)>, u64);
+        impl Output for C {
+            fn message(&mut self, m: Message<'_>) {
+                self.0.push((m.start, m.content.len(), m.tags));
+            }
+            fn line_done(&mut self, r: u64) {
+                assert!(r >= self.1, "resume point went back");
+                self.1 = r;
+            }
+            fn parse_error(&mut self, _: ParseError) {}
+        }
+        let mut out = C(Vec::new(), 0);
+        let mut pos = 0usize;
+        let buf = 256 * 1024;
+        while pos < input.len() {
+            let end = (pos + buf).min(input.len());
+            let used = p.chunk(&input[pos..end], pos as u64, end - pos == buf, Instant::now(), &mut budgets, &mut out);
+            assert!(used > 0);
+            pos += used;
+        }
+        assert_eq!(out.0.len(), 2);
+        assert_eq!(out.0[0].1, MB);
+        assert!(out.0[0].2.contains(Tags::TRUNCATED));
+        assert_eq!(out.0[1].0, (input.len() - cri("stdout", "F", b"after").len()) as u64);
+        assert_eq!(budgets.used(), 0);
+    }
+
+    #[test]
+    fn binary_garbage_and_invalid_utf8_are_forwarded() {
+        let mut input = b"\x00\x01\xff\xfe garbage\n".to_vec();
+        input.extend(cri("stdout", "F", b"bad \xc3\x28 utf8"));
+        let out = parse_all(&input, Format::Cri, MB);
+        assert_eq!(out.len(), 2);
+        assert!(out[0].3.contains(Tags::PARSE_ERROR));
+        assert_eq!(out[1].1, "bad \u{fffd}( utf8");
+    }
+
+    #[test]
+    fn docker_partials_are_joined() {
+        let input = b"{\"log\":\"part \",\"stream\":\"stdout\",\"time\":\"2026-11-27T00:17:09Z\"}\n\
+{\"log\":\"err\\n\",\"stream\":\"stderr\",\"time\":\"2026-11-27T00:17:09Z\"}\n\
+{\"log\":\"end\\n\",\"stream\":\"stdout\",\"time\":\"2026-11-27T00:17:10Z\"}\n";
+        let out = parse_all(input, Format::Auto, MB);
+        assert_eq!(out.iter().map(|o| o.1.as_str()).collect::<Vec<_>>(), vec!["err", "part end"]);
+        assert_eq!(out[1].0, 0);
+    }
+
+    proptest! {
+        /// Arbitrary bytes never panic, every non-empty line yields or contributes to a record, and
+        /// offsets stay inside the input.
+        #[test]
+        fn garbage_never_panics(input in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let out = parse_all(&input, Format::Auto, 1024);
+            for o in &out {
+                prop_assert!(o.0 <= input.len() as u64);
+            }
+            let lines = input.split(|c| *c == b'\n').filter(|l| !l.is_empty()).count();
+            prop_assert!(lines == 0 || !out.is_empty());
+        }
+
+        /// CRI lines with arbitrary content survive chunked reading with any buffer size.
+        #[test]
+        fn chunked_reading_matches_whole(contents in proptest::collection::vec("[ -~]{0,300}", 1..30), buf in 64usize..512) {
+            let mut input = Vec::new();
+            for c in &contents { input.extend(cri("stdout", "F", c.as_bytes())); }
+            let whole = parse_all(&input, Format::Cri, 1 << 16);
+            let mut p = LineProcessor::new(Format::Cri, 1 << 16, Duration::from_secs(5), None);
+            let mut budgets = Budgets::new(1 << 20);
+            struct C(Vec<(u64, String, Stream, Tags)>);
+            impl Output for C {
+                fn message(&mut self, m: Message<'_>) { self.0.push((m.start, String::from_utf8_lossy(&m.content).into_owned(), m.stream, m.tags)); }
+                fn line_done(&mut self, _: u64) {}
+                fn parse_error(&mut self, _: ParseError) {}
+            }
+            let mut out = C(Vec::new());
+            let mut pos = 0;
+            while pos < input.len() {
+                let end = (pos + buf).min(input.len());
+                pos += p.chunk(&input[pos..end], pos as u64, end - pos == buf, Instant::now(), &mut budgets, &mut out);
+            }
+            p.flush_all(FlushReason::EndOfFile, &mut budgets, &mut out);
+            // Lines longer than the buffer go through the long-line path; content must still match.
+            let got: Vec<&str> = out.0.iter().map(|o| o.1.as_str()).collect();
+            let want: Vec<&str> = whole.iter().map(|o| o.1.as_str()).collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+}

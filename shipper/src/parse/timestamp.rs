@@ -1,0 +1,238 @@
+//! RFC 3339 timestamps: validation, conversion to UTC, formatting.
+//!
+//! The hot path borrows: a timestamp that is already UTC (`Z`) with at most nine fraction digits is
+//! returned as is. Anything else valid (an offset such as `+02:00`, lowercase `t`/`z`, more than nine
+//! fraction digits) is converted to `YYYY-MM-DDTHH:MM:SS[.fffffffff]Z`.
+
+use std::borrow::Cow;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A parsed instant: seconds since the Unix epoch (UTC) and nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Instant {
+    /// Seconds since 1970-01-01T00:00:00Z.
+    pub secs: i64,
+    /// Nanoseconds within the second.
+    pub nanos: u32,
+}
+
+fn digits<const N: usize>(b: &[u8], at: usize) -> Option<u32> {
+    let s = b.get(at..at + N)?;
+    let mut v = 0u32;
+    for &c in s {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + u32::from(c - b'0');
+    }
+    Some(v)
+}
+
+fn days_in_month(year: i64, month: u32) -> u32 {
+    match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        _ => 28,
+    }
+}
+
+/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Result of [`parse`]: the instant and whether the text is already canonical UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parsed {
+    /// The instant.
+    pub instant: Instant,
+    /// The text is `…Z` with an uppercase `T` and at most nine fraction digits, so it can be used as is.
+    pub canonical: bool,
+}
+
+/// Parses an RFC 3339 timestamp (`2026-11-27T00:17:09.669794202Z`, `…+02:00`, any fraction length).
+pub fn parse(b: &[u8]) -> Option<Parsed> {
+    let year = digits::<4>(b, 0)?;
+    let month = digits::<2>(b, 5)?;
+    let day = digits::<2>(b, 8)?;
+    let hour = digits::<2>(b, 11)?;
+    let min = digits::<2>(b, 14)?;
+    let sec = digits::<2>(b, 17)?;
+    if b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let sep = b[10];
+    if !(sep == b'T' || sep == b't' || sep == b' ') {
+        return None;
+    }
+    let year = i64::from(year);
+    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) || hour > 23 || min > 59 || sec > 59 {
+        return None;
+    }
+    let mut i = 19;
+    let mut nanos = 0u32;
+    let mut frac_digits = 0usize;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while let Some(c) = b.get(i).filter(|c| c.is_ascii_digit()) {
+            if frac_digits < 9 {
+                nanos = nanos * 10 + u32::from(c - b'0');
+            }
+            frac_digits += 1;
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        for _ in frac_digits.min(9)..9 {
+            nanos *= 10;
+        }
+    }
+    let (offset_secs, zulu) = match b.get(i)? {
+        b'Z' if i + 1 == b.len() => (0i64, true),
+        b'z' if i + 1 == b.len() => (0, false),
+        c @ (b'+' | b'-') if b.len() == i + 6 && b[i + 3] == b':' => {
+            let oh = digits::<2>(b, i + 1)?;
+            let om = digits::<2>(b, i + 4)?;
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let off = i64::from(oh * 3600 + om * 60);
+            (if *c == b'+' { off } else { -off }, false)
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + i64::from(hour * 3600 + min * 60 + sec) - offset_secs;
+    Some(Parsed { instant: Instant { secs, nanos }, canonical: zulu && sep == b'T' && frac_digits <= 9 })
+}
+
+/// Formats an instant as RFC 3339 UTC with nine fraction digits (`…T00:17:09.669794202Z`).
+pub fn format(instant: Instant, out: &mut String) {
+    use std::fmt::Write;
+    let days = instant.secs.div_euclid(86_400);
+    let rem = instant.secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        instant.nanos
+    );
+}
+
+/// Normalises a timestamp to RFC 3339 UTC, borrowing when it already is; `None` when invalid.
+pub fn normalize(b: &[u8]) -> Option<Cow<'_, str>> {
+    let parsed = parse(b)?;
+    if parsed.canonical {
+        // Validated ASCII above.
+        return std::str::from_utf8(b).ok().map(Cow::Borrowed);
+    }
+    let mut s = String::with_capacity(30);
+    format(parsed.instant, &mut s);
+    Some(Cow::Owned(s))
+}
+
+/// The current time as RFC 3339 UTC (used for records whose own timestamp is unreadable).
+pub fn now() -> String {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let mut s = String::with_capacity(30);
+    format(Instant { secs: d.as_secs() as i64, nanos: d.subsec_nanos() }, &mut s);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn canonical_utc_is_borrowed() {
+        let ts = b"2026-11-27T00:17:09.669794202Z";
+        assert!(matches!(normalize(ts), Some(Cow::Borrowed("2026-11-27T00:17:09.669794202Z"))));
+        assert!(matches!(normalize(b"2026-11-27T00:17:09Z"), Some(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn offsets_are_converted_to_utc() {
+        assert_eq!(normalize(b"2026-11-27T00:17:09.5+00:00").unwrap(), "2026-11-27T00:17:09.500000000Z");
+        assert_eq!(normalize(b"2026-11-27T00:17:09.123456789+02:00").unwrap(), "2026-11-26T22:17:09.123456789Z");
+        assert_eq!(normalize(b"2026-12-31T23:30:00-01:00").unwrap(), "2027-01-01T00:30:00.000000000Z");
+        assert_eq!(normalize(b"2024-02-29t12:00:00z").unwrap(), "2024-02-29T12:00:00.000000000Z");
+    }
+
+    #[test]
+    fn long_fractions_are_cut_to_nanoseconds() {
+        assert_eq!(normalize(b"2026-11-27T00:17:09.1234567891234Z").unwrap(), "2026-11-27T00:17:09.123456789Z");
+    }
+
+    #[test]
+    fn invalid_timestamps_are_rejected() {
+        for bad in [
+            &b""[..],
+            b"2026-11-27",
+            b"2026-13-01T00:00:00Z",
+            b"2023-02-29T00:00:00Z",
+            b"2026-11-27T24:00:00Z",
+            b"2026-11-27T00:00:00.Z",
+            b"2026-11-27T00:00:00",
+            b"2026-11-27T00:00:00+0100",
+            b"2026-11-27T00:00:00Zjunk",
+            b"\xff\xfe-11-27T00:00:00Z",
+        ] {
+            assert!(parse(bad).is_none(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn format_then_parse_round_trips(secs in -62_135_596_800i64..253_402_300_799, nanos in 0u32..1_000_000_000) {
+            let mut s = String::new();
+            format(Instant { secs, nanos }, &mut s);
+            let p = parse(s.as_bytes()).unwrap();
+            prop_assert!(p.canonical);
+            prop_assert_eq!(p.instant, Instant { secs, nanos });
+        }
+
+        #[test]
+        fn offsets_agree_with_utc(secs in 0i64..4_102_444_800, off_min in -1439i64..1439) {
+            let mut utc = String::new();
+            format(Instant { secs, nanos: 0 }, &mut utc);
+            let mut local = String::new();
+            format(Instant { secs: secs + off_min * 60, nanos: 0 }, &mut local);
+            let sign = if off_min < 0 { '-' } else { '+' };
+            let a = off_min.abs();
+            let local = format!("{}{sign}{:02}:{:02}", &local[..local.len() - 1], a / 60, a % 60);
+            prop_assert_eq!(normalize(local.as_bytes()).unwrap(), utc);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = normalize(&bytes);
+        }
+    }
+}

@@ -1,0 +1,1198 @@
+//! The read path wired together: discover → tail → parse/reassemble → record → sink, with acks
+//! flowing back into per-generation [`Tracker`]s and the checkpoint.
+//!
+//! One thread runs [`Pipeline::run`]: it polls files round-robin with positional reads into a single
+//! shared buffer, hands records to the [`Sink`], applies acknowledgements that arrive on a channel
+//! from any thread, rescans every `tail.rescan_interval` and writes the checkpoint every
+//! `checkpoint.interval`. inotify events (through `notify`) only wake it early.
+//!
+//! Per live file (`…/N.log`) exactly one generation is read at a time, oldest first: at start and
+//! whenever a generation is finished, the generations of the file are listed (`N.log.<ts>`,
+//! `N.log.<ts>.gz`, `N.log`) and the oldest one not yet finished is opened, so a reader that fell
+//! several rotations behind reads the rotated and then the gzipped files in order. A generation is
+//! finished when it was read to its end and it is no longer the live file (renamed and the new file
+//! has data, or `tail.rotate_wait` passed), was deleted, or is gzipped.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::checkpoint::{CheckpointError, Entry, Store, Tracker};
+use crate::config::ShipperConfig;
+use crate::discover::{self, DiscoverError, Discovery, GenFile, GenKind};
+use crate::lines::{Budgets, LineProcessor, Output};
+use crate::metrics::Metrics;
+use crate::multiline::{MultilineError, Rules};
+use crate::parse::ParseError;
+use crate::reassemble::{FlushReason, Message, Tags};
+use crate::record::{FileMeta, GenerationId, RecordBuilder, fingerprint};
+use crate::sink::{AckToken, Acker, Event, Sink, SinkError};
+use crate::tail::{Handle, IdentityCache, final_fingerprint};
+
+/// Bytes read from one file before moving on to the next (fairness).
+const TURN_BYTES: u64 = 256 << 10;
+/// Longest wait for events when idle; without inotify this is the polling period.
+const IDLE_WAIT: Duration = Duration::from_millis(250);
+/// Period of timeout checks (partial flush, multiline, deleted-file grace).
+const TICK: Duration = Duration::from_millis(100);
+/// How long shutdown waits for outstanding acknowledgements.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Scans in a row that must miss a generation's file before its checkpoint entry is dropped.
+const GC_SCANS: u32 = 3;
+/// Most paths remembered from inotify between two polls.
+const MAX_DIRTY: usize = 4096;
+
+/// Why the pipeline stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The output failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The checkpoint could not be read or written.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// Bad globs.
+    #[error(transparent)]
+    Discover(#[from] DiscoverError),
+    /// Bad multiline rules.
+    #[error(transparent)]
+    Multiline(#[from] MultilineError),
+}
+
+/// Creates the channel between sinks and the pipeline: give the [`Acker`] to the sink, the
+/// [`Events`] to [`Pipeline::new`].
+pub fn channel() -> (Acker, Events) {
+    let (tx, rx) = mpsc::channel();
+    (Acker::new(tx.clone()), Events { tx, rx })
+}
+
+/// The receiving side of [`channel`].
+#[derive(Debug)]
+pub struct Events {
+    tx: Sender<Event>,
+    rx: Receiver<Event>,
+}
+
+/// Stops a running pipeline from another thread (graceful: acks are awaited, checkpoint written).
+#[derive(Debug, Clone)]
+pub struct Stopper {
+    flag: Arc<AtomicBool>,
+    tx: Sender<Event>,
+}
+
+impl Stopper {
+    /// Requests a graceful stop.
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        let _ = self.tx.send(Event::Wake);
+    }
+
+    /// Whether a stop was requested.
+    pub fn is_stopped(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+}
+
+/// Paths reported by inotify, shared with the watcher thread.
+#[derive(Debug, Default)]
+struct Dirty {
+    paths: Mutex<(HashSet<PathBuf>, bool)>,
+    signalled: AtomicBool,
+}
+
+/// State of one generation (keyed in-process by a never-reused `u64`).
+#[derive(Debug)]
+struct GenState {
+    id: GenerationId,
+    live: String,
+    tracker: Tracker,
+    /// Read to its end (or given up): never opened again.
+    read_done: bool,
+    /// Records re-sent below this offset may be duplicates (from the checkpoint's `acked_max`).
+    resent_below: u64,
+    /// Consecutive scans that did not find the generation's file.
+    missing: u32,
+}
+
+/// The generation currently read for a live file.
+#[derive(Debug)]
+struct Reader {
+    handle: Option<Handle>,
+    path: PathBuf,
+    kind: GenKind,
+    dev: u64,
+    ino: u64,
+    gen_key: Option<u64>,
+    pos: u64,
+    lines: LineProcessor,
+    skip: BTreeMap<u64, u64>,
+    /// When it stopped being the live file (or when it was opened, for rotated generations).
+    rotated_at: Option<Instant>,
+    unlinked_at: Option<Instant>,
+    truncated: bool,
+    idle: bool,
+}
+
+/// One live path and its reader.
+#[derive(Debug)]
+struct Source {
+    meta: FileMeta,
+    reader: Option<Reader>,
+    seen_scan: u64,
+    active: bool,
+}
+
+enum Poll {
+    /// Read something; more may be there.
+    Progress,
+    /// Nothing to read now.
+    Idle,
+    /// `limits.inflight_bytes` reached.
+    Blocked,
+    /// Needs a file handle but `tail.max_open_files` is reached.
+    NeedHandle,
+}
+
+enum End {
+    Wait,
+    Complete,
+    Truncated,
+}
+
+struct Core<S: Sink> {
+    cfg: ShipperConfig,
+    sink: S,
+    metrics: Metrics,
+    rules: Rules,
+    gens: HashMap<u64, GenState>,
+    by_id: HashMap<GenerationId, u64>,
+    loaded: HashMap<GenerationId, Entry>,
+    /// Consecutive scans that did not find the file of a loaded entry.
+    loaded_missing: HashMap<GenerationId, u32>,
+    ids: IdentityCache,
+    buf: Vec<u8>,
+    builder: RecordBuilder,
+    budgets: Budgets,
+    inflight_bytes: usize,
+    inflight_limit: usize,
+    open_files: usize,
+    next_key: u64,
+    dirty_checkpoint: bool,
+    error: Option<SinkError>,
+}
+
+/// The shipper read path. See the module documentation.
+pub struct Pipeline<S: Sink> {
+    core: Core<S>,
+    sources: BTreeMap<PathBuf, Source>,
+    discovery: Discovery,
+    store: Store,
+    events: Events,
+    stop_flag: Arc<AtomicBool>,
+    dirty: Arc<Dirty>,
+    watcher: Option<notify::RecommendedWatcher>,
+    scan_no: u64,
+}
+
+/// Totals of one run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Records handed to the sink.
+    pub records: u64,
+    /// Records acknowledged.
+    pub acked: u64,
+}
+
+impl<S: Sink> Pipeline<S> {
+    /// Builds the pipeline; `events` must come from the same [`channel`] as the sink's acker.
+    pub fn new(cfg: &ShipperConfig, sink: S, events: Events, metrics: Metrics) -> Result<Self, PipelineError> {
+        let store = Store::open(Path::new(&cfg.checkpoint.dir))?;
+        let core = Core {
+            rules: Rules::compile(&cfg.multiline)?,
+            cfg: cfg.clone(),
+            sink,
+            metrics,
+            gens: HashMap::new(),
+            by_id: HashMap::new(),
+            loaded: HashMap::new(),
+            loaded_missing: HashMap::new(),
+            ids: IdentityCache::default(),
+            buf: vec![0u8; cfg.tail.read_buffer_bytes.as_usize()],
+            builder: RecordBuilder::default(),
+            budgets: Budgets::new(cfg.limits.pending_bytes.as_usize()),
+            inflight_bytes: 0,
+            inflight_limit: cfg.limits.inflight_bytes.as_usize(),
+            open_files: 0,
+            next_key: 1,
+            dirty_checkpoint: false,
+            error: None,
+        };
+        Ok(Pipeline {
+            core,
+            sources: BTreeMap::new(),
+            discovery: Discovery::new(&cfg.paths)?,
+            store,
+            events,
+            stop_flag: Arc::default(),
+            dirty: Arc::default(),
+            watcher: None,
+            scan_no: 0,
+        })
+    }
+
+    /// A handle to stop [`Pipeline::run`] from another thread.
+    pub fn stopper(&self) -> Stopper {
+        Stopper { flag: self.stop_flag.clone(), tx: self.events.tx.clone() }
+    }
+
+    /// Runs until stopped; then waits (bounded) for outstanding acks and writes the checkpoint.
+    pub fn run(mut self) -> Result<Summary, PipelineError> {
+        self.load_checkpoint()?;
+        self.start_watcher();
+        let interval = self.core.cfg.checkpoint.interval;
+        let rescan = self.core.cfg.tail.rescan_interval;
+        let mut last_scan: Option<Instant> = None;
+        let mut last_tick = Instant::now();
+        let mut last_checkpoint = Instant::now();
+        let mut last_flush = Instant::now();
+        let mut poll_everything = true;
+        let result = loop {
+            if self.stop_flag.load(Ordering::SeqCst) {
+                break Ok(());
+            }
+            if let Some(e) = self.core.error.take() {
+                break Err(PipelineError::Sink(e));
+            }
+            self.drain_events(None);
+            let now = Instant::now();
+            let rescan_requested = self.take_dirty();
+            if last_scan.is_none_or(|t| now.duration_since(t) >= rescan) || rescan_requested {
+                self.scan();
+                last_scan = Some(now);
+                poll_everything = true;
+            }
+            if now.duration_since(last_tick) >= TICK {
+                self.tick(now);
+                last_tick = now;
+            }
+            let (progress, blocked) = self.poll_round(poll_everything);
+            poll_everything = false;
+            if blocked {
+                self.core.metrics.backpressure.inc();
+            }
+            if !progress || blocked || last_flush.elapsed() >= Duration::from_millis(20) {
+                if let Err(e) = self.core.sink.flush() {
+                    break Err(e.into());
+                }
+                last_flush = Instant::now();
+            }
+            if last_checkpoint.elapsed() >= interval {
+                self.drain_events(None);
+                self.save_checkpoint();
+                last_checkpoint = Instant::now();
+            }
+            self.update_gauges();
+            if blocked {
+                self.drain_events(Some(Duration::from_millis(50)));
+            } else if !progress {
+                let wait = IDLE_WAIT.min(rescan).min(interval);
+                if !self.drain_events(Some(wait)) {
+                    poll_everything = true;
+                }
+            }
+        };
+        // Shutdown: deliver what the sink holds, wait for acks, persist.
+        let close = self.core.sink.close(CLOSE_TIMEOUT);
+        let deadline = Instant::now() + CLOSE_TIMEOUT;
+        while self.core.inflight_bytes > 0 && Instant::now() < deadline {
+            self.drain_events(Some(Duration::from_millis(20)));
+        }
+        self.drain_events(None);
+        self.save_checkpoint();
+        let summary = Summary { records: self.core.metrics.records.get(), acked: self.core.metrics.acked.get() };
+        result?;
+        close?;
+        Ok(summary)
+    }
+
+    fn load_checkpoint(&mut self) -> Result<(), PipelineError> {
+        let entries = match self.store.load() {
+            Ok(e) => e,
+            Err(CheckpointError::Corrupt { path, message }) => {
+                let aside = self.store.quarantine()?;
+                tracing::error!(path = %path.display(), %message, aside = %aside.display(),
+                    "checkpoint unreadable; moved aside, files are read from their start (duplicates carry the same ids)");
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for e in entries {
+            if let Some(id) = GenerationId::from_hex(&e.id) {
+                self.core.loaded.insert(id, e);
+            }
+        }
+        tracing::info!(generations = self.core.loaded.len(), path = %self.store.path().display(), "checkpoint loaded");
+        Ok(())
+    }
+
+    fn start_watcher(&mut self) {
+        use notify::{RecursiveMode, Watcher};
+        let dirty = self.dirty.clone();
+        let tx = self.events.tx.clone();
+        let handler = move |res: notify::Result<notify::Event>| {
+            {
+                let mut guard = dirty.paths.lock().expect("dirty lock");
+                match res {
+                    Ok(ev) => {
+                        for p in ev.paths {
+                            if guard.0.len() < MAX_DIRTY {
+                                guard.0.insert(p);
+                            } else {
+                                guard.1 = true;
+                            }
+                        }
+                    }
+                    Err(_) => guard.1 = true,
+                }
+            }
+            if !dirty.signalled.swap(true, Ordering::SeqCst) {
+                let _ = tx.send(Event::Wake);
+            }
+        };
+        match notify::recommended_watcher(handler) {
+            Ok(mut w) => {
+                let root = self.discovery.root().to_owned();
+                if let Err(e) = w.watch(&root, RecursiveMode::Recursive) {
+                    tracing::warn!(root = %root.display(), error = %e, "inotify watch failed; polling only");
+                }
+                for dir in &self.core.cfg.paths.symlink_dirs {
+                    let _ = w.watch(Path::new(dir), RecursiveMode::NonRecursive);
+                }
+                self.watcher = Some(w);
+            }
+            Err(e) => tracing::warn!(error = %e, "inotify unavailable; polling only"),
+        }
+    }
+
+    /// Marks sources touched by inotify; returns whether an unknown path asks for a rescan.
+    fn take_dirty(&mut self) -> bool {
+        self.dirty.signalled.store(false, Ordering::SeqCst);
+        let (paths, overflow) = {
+            let mut g = self.dirty.paths.lock().expect("dirty lock");
+            (std::mem::take(&mut g.0), std::mem::take(&mut g.1))
+        };
+        let mut rescan = overflow;
+        for p in paths {
+            let live = discover::live_path_of(&p);
+            match live.as_ref().and_then(|l| self.sources.get_mut(l)) {
+                Some(src) => src.active = true,
+                None => {
+                    // A new file or directory (or something irrelevant under the root).
+                    let relevant = live.is_some() || p.is_dir() || !p.exists();
+                    rescan |= relevant && live.as_ref().is_none_or(|l| self.discovery.wanted(l));
+                }
+            }
+        }
+        rescan
+    }
+
+    /// Applies queued events; with `wait`, blocks up to that long for the first one. Returns whether
+    /// an event arrived.
+    fn drain_events(&mut self, wait: Option<Duration>) -> bool {
+        let mut got = false;
+        if let Some(wait) = wait {
+            match self.events.rx.recv_timeout(wait) {
+                Ok(ev) => {
+                    self.core.apply(ev);
+                    got = true;
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+        while let Ok(ev) = self.events.rx.try_recv() {
+            self.core.apply(ev);
+            got = true;
+        }
+        got
+    }
+
+    fn scan(&mut self) {
+        self.scan_no += 1;
+        self.core.metrics.scans.inc();
+        let files = self.discovery.scan();
+        let mut seen_ids: HashSet<GenerationId> = HashSet::new();
+        let mut uncertain: HashSet<String> = HashSet::new();
+        let mut seen_inodes = HashSet::new();
+        for lf in files {
+            let node = &self.core.cfg.node_name;
+            let src = self.sources.entry(lf.live.clone()).or_insert_with(|| {
+                self.core.metrics.files_discovered.inc();
+                Source { meta: FileMeta::new(&lf.live, node), reader: None, seen_scan: 0, active: true }
+            });
+            src.seen_scan = self.scan_no;
+            src.active = true;
+            for g in &lf.generations {
+                seen_inodes.insert((g.dev, g.ino));
+                let id = match self.core.ids.identify(&src.meta.source, g) {
+                    Ok(Some(id)) => id,
+                    Ok(None) => continue,
+                    Err(_) => {
+                        // Renamed or compressed during the scan: do not conclude anything is gone.
+                        uncertain.insert(src.meta.path.clone());
+                        continue;
+                    }
+                };
+                seen_ids.insert(id);
+                // Same inode, different first line: truncated and rewritten past our offset.
+                if let Some(r) = &mut src.reader
+                    && r.kind == GenKind::Live
+                    && g.kind == GenKind::Live
+                    && (r.dev, r.ino) == (g.dev, g.ino)
+                    && let Some(key) = r.gen_key
+                    && self.core.gens.get(&key).is_some_and(|s| s.id != id)
+                {
+                    r.truncated = true;
+                }
+            }
+        }
+        self.core.ids.retain(&seen_inodes);
+        // Readers: deleted files.
+        let now = Instant::now();
+        let mut lag = 0u64;
+        for src in self.sources.values_mut() {
+            let Some(r) = &mut src.reader else { continue };
+            let Some(st) = r.handle.as_ref().and_then(|h| h.stat().ok()) else { continue };
+            if r.unlinked_at.is_none() && st.nlink == 0 {
+                r.unlinked_at = Some(now);
+            }
+            if !r.handle.as_ref().is_some_and(Handle::is_gz) {
+                lag += st.size.saturating_sub(r.pos);
+            }
+        }
+        self.core.metrics.lag_bytes.set(lag as i64);
+        // Sources gone from disk with nothing left to read.
+        let scan_no = self.scan_no;
+        self.sources.retain(|_, s| s.seen_scan == scan_no || s.reader.is_some());
+        // Checkpoint GC: generations whose files are gone and that nothing reads or awaits.
+        let reading: HashSet<u64> =
+            self.sources.values().filter_map(|s| s.reader.as_ref().and_then(|r| r.gen_key)).collect();
+        // A generation is only dropped after GC_SCANS scans in a row without its file, since a file can
+        // be missed while the kubelet renames or compresses it.
+        let before = self.core.gens.len() + self.core.loaded.len();
+        let Core { gens, by_id, loaded, loaded_missing, .. } = &mut self.core;
+        gens.retain(|key, g| {
+            if seen_ids.contains(&g.id) || reading.contains(key) || !g.tracker.idle() || uncertain.contains(&g.live) {
+                g.missing = 0;
+                return true;
+            }
+            g.missing += 1;
+            let keep = g.missing < GC_SCANS;
+            if !keep {
+                by_id.remove(&g.id);
+            }
+            keep
+        });
+        loaded.retain(|id, e| {
+            if seen_ids.contains(id) || uncertain.contains(&e.path) {
+                loaded_missing.remove(id);
+                return true;
+            }
+            let n = loaded_missing.entry(*id).or_default();
+            *n += 1;
+            let keep = *n < GC_SCANS;
+            if !keep {
+                loaded_missing.remove(id);
+            }
+            keep
+        });
+        let removed = before - (self.core.gens.len() + self.core.loaded.len());
+        if removed > 0 {
+            self.core.metrics.checkpoint_gc.inc_by(removed as u64);
+            self.core.dirty_checkpoint = true;
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let grace = self.core.cfg.tail.deleted_file_grace;
+        for src in self.sources.values_mut() {
+            let Some(r) = src.reader.as_mut() else { continue };
+            self.core.flush_expired(&src.meta, r, now);
+            if r.unlinked_at.is_some_and(|t| now.duration_since(t) >= grace) {
+                self.core.give_up(src, "deleted_grace");
+            }
+        }
+    }
+
+    /// Polls sources once; returns (progress, blocked).
+    fn poll_round(&mut self, everything: bool) -> (bool, bool) {
+        let mut progress = false;
+        let mut need_handle = false;
+        let keys: Vec<PathBuf> =
+            self.sources.iter().filter(|(_, s)| everything || s.active).map(|(k, _)| k.clone()).collect();
+        for key in keys {
+            if self.core.inflight_bytes >= self.core.inflight_limit {
+                return (progress, true);
+            }
+            let Some(src) = self.sources.get_mut(&key) else { continue };
+            match self.core.poll_source(src) {
+                Poll::Progress => {
+                    progress = true;
+                    src.active = true;
+                }
+                Poll::Idle => src.active = false,
+                Poll::Blocked => {
+                    src.active = true;
+                    return (true, true);
+                }
+                Poll::NeedHandle => {
+                    src.active = true;
+                    need_handle = true;
+                }
+            }
+        }
+        if need_handle {
+            progress |= self.evict();
+        }
+        (progress, false)
+    }
+
+    /// Frees file handles: idle live files are closed (reopened later at the same offset), then
+    /// deleted files are given up (counted).
+    fn evict(&mut self) -> bool {
+        let max = self.core.cfg.tail.max_open_files;
+        let mut freed = false;
+        for src in self.sources.values_mut() {
+            if self.core.open_files < max {
+                return freed;
+            }
+            if let Some(r) = &mut src.reader
+                && r.idle
+                && r.kind == GenKind::Live
+                && r.rotated_at.is_none()
+                && r.handle.take().is_some()
+            {
+                self.core.open_files -= 1;
+                freed = true;
+            }
+        }
+        if self.core.open_files < max {
+            return freed;
+        }
+        for src in self.sources.values_mut() {
+            if self.core.open_files < max {
+                break;
+            }
+            if src.reader.as_ref().is_some_and(|r| r.unlinked_at.is_some() && r.handle.is_some()) {
+                self.core.give_up(src, "max_open_files");
+                freed = true;
+            }
+        }
+        freed
+    }
+
+    fn save_checkpoint(&mut self) {
+        if !self.core.dirty_checkpoint {
+            return;
+        }
+        let mut entries: Vec<Entry> = self
+            .core
+            .gens
+            .values()
+            .map(|g| Entry {
+                id: g.id.to_hex(),
+                path: g.live.clone(),
+                offset: g.tracker.committed(),
+                acked_max: g.tracker.acked_max(),
+                complete: g.read_done && g.tracker.idle(),
+                skip: g.tracker.skip_list(),
+            })
+            .collect();
+        entries.extend(self.core.loaded.values().cloned());
+        entries.sort_by(|a, b| (&a.path, &a.id).cmp(&(&b.path, &b.id)));
+        let n = entries.len();
+        match self.store.save(entries) {
+            Ok(()) => {
+                self.core.metrics.checkpoint_writes.inc();
+                self.core.metrics.checkpoint_entries.set(n as i64);
+                self.core.dirty_checkpoint = false;
+            }
+            Err(e) => {
+                self.core.metrics.checkpoint_errors.inc();
+                tracing::error!(error = %e, "checkpoint write failed; retrying next interval");
+            }
+        }
+    }
+
+    fn update_gauges(&mut self) {
+        let m = &self.core.metrics;
+        m.files.set(self.sources.len() as i64);
+        m.open_files.set(self.core.open_files as i64);
+        m.inflight_bytes.set(self.core.inflight_bytes as i64);
+        m.pending_bytes.set(self.core.budgets.used() as i64);
+    }
+}
+
+/// The [`Output`] of a reader inside the pipeline: builds records, skips acknowledged ones, tracks.
+struct Emit<'a, S: Sink> {
+    sink: &'a mut S,
+    builder: &'a mut RecordBuilder,
+    metrics: &'a Metrics,
+    meta: &'a FileMeta,
+    generation: &'a mut GenState,
+    gen_key: u64,
+    skip: &'a mut BTreeMap<u64, u64>,
+    inflight: &'a mut usize,
+    limit: usize,
+    error: &'a mut Option<SinkError>,
+}
+
+impl<S: Sink> Output for Emit<'_, S> {
+    fn message(&mut self, m: Message<'_>) {
+        if self.skip.get(&m.start) == Some(&m.end) {
+            self.skip.remove(&m.start);
+            self.generation.tracker.note_acked(m.start, m.end);
+            self.metrics.skipped_acked.inc();
+            return;
+        }
+        if m.start < self.generation.resent_below {
+            self.metrics.resent.inc();
+        }
+        let rec = self.builder.build(self.meta, self.generation.id, &m);
+        count_tags(self.metrics, rec.tags, m.flushed);
+        let bytes = rec.value.len() + rec.id.len() + 64;
+        let seq = self.generation.tracker.submit(m.start, m.end, bytes);
+        *self.inflight += bytes;
+        self.metrics.records.inc();
+        if let Err(e) = self.sink.submit(&rec, AckToken { generation: self.gen_key, seq })
+            && self.error.is_none()
+        {
+            *self.error = Some(e);
+        }
+    }
+
+    fn line_done(&mut self, resume: u64) {
+        self.generation.tracker.resolve(resume);
+    }
+
+    fn parse_error(&mut self, err: ParseError) {
+        Metrics::inc(&self.metrics.parse_errors, err.label());
+    }
+
+    fn full(&self) -> bool {
+        *self.inflight >= self.limit || self.error.is_some()
+    }
+}
+
+/// Counts the tags of a record in the metrics (shared with `inspect`).
+pub fn count_tags(m: &Metrics, tags: Tags, flushed: Option<FlushReason>) {
+    if tags.contains(Tags::TRUNCATED) {
+        m.truncated.inc();
+    }
+    if tags.contains(Tags::INVALID_UTF8) {
+        m.invalid_utf8.inc();
+    }
+    if tags.contains(Tags::MULTILINE) {
+        m.multiline.inc();
+    }
+    if let Some(reason) = flushed {
+        Metrics::inc(&m.partial_flushed, reason.label());
+    }
+}
+
+impl<S: Sink> Core<S> {
+    fn apply(&mut self, ev: Event) {
+        if let Event::Acks(tokens) = ev {
+            for t in tokens {
+                if let Some(g) = self.gens.get_mut(&t.generation) {
+                    let freed = g.tracker.ack(t.seq);
+                    if freed > 0 {
+                        self.inflight_bytes -= freed;
+                        self.metrics.acked.inc();
+                        self.dirty_checkpoint = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_done(&self, id: GenerationId) -> bool {
+        match self.by_id.get(&id) {
+            Some(key) => self.gens[key].read_done,
+            None => self.loaded.get(&id).is_some_and(|e| e.complete),
+        }
+    }
+
+    fn new_processor(&self, meta: &FileMeta) -> LineProcessor {
+        let rule = meta.pod.as_ref().and_then(|p| self.rules.find(&p.namespace, &p.container));
+        let parse = &self.cfg.parse;
+        LineProcessor::new(parse.format, parse.max_line_bytes.as_usize(), parse.partial_flush_timeout, rule)
+    }
+
+    fn new_reader(&self, meta: &FileMeta, handle: Handle, g: &GenFile) -> Reader {
+        Reader {
+            handle: Some(handle),
+            path: g.path.clone(),
+            kind: g.kind.clone(),
+            dev: g.dev,
+            ino: g.ino,
+            gen_key: None,
+            pos: 0,
+            lines: self.new_processor(meta),
+            skip: BTreeMap::new(),
+            rotated_at: (g.kind != GenKind::Live).then(Instant::now),
+            unlinked_at: None,
+            truncated: false,
+            idle: false,
+        }
+    }
+
+    /// Attaches a reader to the state of generation `id` and positions it at the resume point.
+    fn attach(&mut self, meta: &FileMeta, r: &mut Reader, id: GenerationId) {
+        let key = match self.by_id.get(&id) {
+            Some(&key) => {
+                let g = &self.gens[&key];
+                r.pos = g.tracker.committed();
+                r.skip = g.tracker.skip_list().into_iter().collect();
+                key
+            }
+            None => {
+                let key = self.next_key;
+                self.next_key += 1;
+                let (tracker, resent_below) = match self.loaded.remove(&id) {
+                    Some(e) => {
+                        let mut t = Tracker::new(e.offset);
+                        for &(s, end) in &e.skip {
+                            t.note_acked(s, end);
+                        }
+                        r.pos = e.offset;
+                        r.skip = e.skip.iter().copied().collect();
+                        (t, e.acked_max)
+                    }
+                    None => (Tracker::new(0), 0),
+                };
+                self.gens.insert(
+                    key,
+                    GenState { id, live: meta.path.clone(), tracker, read_done: false, resent_below, missing: 0 },
+                );
+                self.by_id.insert(id, key);
+                self.dirty_checkpoint = true;
+                key
+            }
+        };
+        r.gen_key = Some(key);
+    }
+
+    /// Opens the oldest unfinished generation of `src`. Returns `Ok(false)` when there is none.
+    fn select_next(&mut self, src: &mut Source) -> Result<bool, Poll> {
+        let live = PathBuf::from(&src.meta.path);
+        if discover::compression_in_progress(&live) {
+            return Ok(false); // the generation being compressed reappears as `.gz`
+        }
+        let gens = discover::generations_of(&live).unwrap_or_default();
+        // A directory listing is not atomic: a generation renamed to `.gz` meanwhile can be missing
+        // from it. Two identical listings in a row mean the order seen is the order on disk.
+        let again = discover::generations_of(&live).unwrap_or_default();
+        let names = |g: &[GenFile]| g.iter().map(|g| g.path.clone()).collect::<Vec<_>>();
+        if names(&gens) != names(&again) || discover::compression_in_progress(&live) {
+            return Ok(false);
+        }
+        for g in gens {
+            if g.size == 0 && g.kind != GenKind::Live {
+                continue;
+            }
+            let id = match self.ids.identify(&src.meta.source, &g) {
+                Ok(id) => id,
+                // Renamed or compressed since the listing: list again later rather than skip it,
+                // which would read a newer generation first.
+                Err(_) => return Ok(false),
+            };
+            if id.is_some_and(|id| self.is_done(id)) {
+                continue;
+            }
+            if self.open_files >= self.cfg.tail.max_open_files {
+                return Err(Poll::NeedHandle);
+            }
+            let handle = match Handle::open_exact(&g) {
+                Ok(h) => h,
+                // Renamed since the listing (the path may now name a newer generation): list again.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => {
+                    self.metrics.read_errors.inc();
+                    tracing::warn!(path = %g.path.display(), error = %e, "cannot open");
+                    continue;
+                }
+            };
+            self.open_files += 1;
+            if g.kind != GenKind::Live {
+                self.metrics.lagged_generations.inc();
+            }
+            let mut r = self.new_reader(&src.meta, handle, &g);
+            if let Some(id) = id {
+                self.attach(&src.meta, &mut r, id);
+            }
+            src.reader = Some(r);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Reopens a reader whose handle was closed to respect `max_open_files`.
+    fn reopen(&mut self, src: &mut Source) -> Result<(), Poll> {
+        if self.open_files >= self.cfg.tail.max_open_files {
+            return Err(Poll::NeedHandle);
+        }
+        let r = src.reader.as_mut().expect("reader");
+        let gens = discover::generations_of(Path::new(&src.meta.path)).unwrap_or_default();
+        let want = r.gen_key.and_then(|k| self.gens.get(&k)).map(|g| g.id);
+        let found = gens.iter().find(|g| (g.dev, g.ino) == (r.dev, r.ino)).cloned().or_else(|| {
+            let want = want?;
+            gens.iter().find(|g| self.ids.identify(&src.meta.source, g).ok().flatten() == Some(want)).cloned()
+        });
+        let Some(g) = found else {
+            self.give_up(src, "vanished");
+            return Err(Poll::Idle);
+        };
+        match Handle::open_exact(&g) {
+            Ok(h) => {
+                let r = src.reader.as_mut().expect("reader");
+                if g.kind != r.kind {
+                    r.rotated_at.get_or_insert_with(Instant::now);
+                }
+                r.handle = Some(h);
+                r.path = g.path;
+                r.kind = g.kind;
+                r.dev = g.dev;
+                r.ino = g.ino;
+                self.open_files += 1;
+                Ok(())
+            }
+            Err(_) => {
+                self.give_up(src, "vanished");
+                Err(Poll::Idle)
+            }
+        }
+    }
+
+    fn poll_source(&mut self, src: &mut Source) -> Poll {
+        let mut progress = false;
+        for _ in 0..16 {
+            if src.reader.is_none() {
+                match self.select_next(src) {
+                    Ok(true) => {}
+                    Ok(false) => return if progress { Poll::Progress } else { Poll::Idle },
+                    Err(p) => return p,
+                }
+            }
+            if src.reader.as_ref().is_some_and(|r| r.handle.is_none())
+                && let Err(p) = self.reopen(src)
+            {
+                return p;
+            }
+            let r = src.reader.as_mut().expect("reader");
+            if r.gen_key.is_none() && !self.identify_reader(&src.meta, r) {
+                // No complete first line yet; once the file is no longer live, its whole content is it.
+                match self.check_end(&src.meta, r) {
+                    End::Wait => return if progress { Poll::Progress } else { Poll::Idle },
+                    End::Complete | End::Truncated => {
+                        if !self.identify_final(&src.meta, r) {
+                            self.close(src);
+                            continue;
+                        }
+                    }
+                }
+            }
+            let r = src.reader.as_mut().expect("reader");
+            if r.truncated {
+                self.truncated(src);
+                progress = true;
+                continue;
+            }
+            match self.read(&src.meta, r) {
+                Poll::Progress => return Poll::Progress,
+                Poll::Blocked => return Poll::Blocked,
+                Poll::NeedHandle => return Poll::NeedHandle,
+                Poll::Idle => {}
+            }
+            let r = src.reader.as_mut().expect("reader");
+            match self.check_end(&src.meta, r) {
+                End::Wait => {
+                    r.idle = true;
+                    return if progress { Poll::Progress } else { Poll::Idle };
+                }
+                End::Complete => {
+                    // Final: whatever was appended before the rotation is read before letting go.
+                    let r = src.reader.as_mut().expect("reader");
+                    match self.read(&src.meta, r) {
+                        Poll::Idle => self.complete(src),
+                        other => return other,
+                    }
+                    progress = true;
+                }
+                End::Truncated => {
+                    self.truncated(src);
+                    progress = true;
+                }
+            }
+        }
+        Poll::Progress
+    }
+
+    fn identify_reader(&mut self, meta: &FileMeta, r: &mut Reader) -> bool {
+        let n = match r.handle.as_mut().map(|h| h.read_at(&mut self.buf[..crate::record::FINGERPRINT_MAX], 0)) {
+            Some(Ok(n)) => n,
+            _ => return false,
+        };
+        let Some(fp) = fingerprint(&self.buf[..n]) else { return false };
+        let id = GenerationId::derive(&meta.source, fp);
+        self.attach_checked(meta, r, id)
+    }
+
+    fn identify_final(&mut self, meta: &FileMeta, r: &mut Reader) -> bool {
+        let n = match r.handle.as_mut().map(|h| h.read_at(&mut self.buf[..crate::record::FINGERPRINT_MAX], 0)) {
+            Some(Ok(n)) => n,
+            _ => return false,
+        };
+        let Some(fp) = final_fingerprint(&self.buf[..n]) else { return false };
+        let id = GenerationId::derive(&meta.source, fp);
+        self.attach_checked(meta, r, id)
+    }
+
+    fn attach_checked(&mut self, meta: &FileMeta, r: &mut Reader, id: GenerationId) -> bool {
+        if self.is_done(id) {
+            // Already read (e.g. a re-identified rotated file): nothing to do with it.
+            r.truncated = false;
+            r.rotated_at.get_or_insert_with(Instant::now);
+            r.unlinked_at.get_or_insert_with(Instant::now);
+            return false;
+        }
+        self.attach(meta, r, id);
+        true
+    }
+
+    /// Reads from the reader's position until EOF, the turn budget or back-pressure.
+    fn read(&mut self, meta: &FileMeta, r: &mut Reader) -> Poll {
+        let Some(key) = r.gen_key else { return Poll::Idle };
+        let Core { sink, metrics, gens, buf, builder, budgets, inflight_bytes, inflight_limit, error, .. } = self;
+        let generation = gens.get_mut(&key).expect("generation state");
+        let mut out = Emit {
+            sink,
+            builder,
+            metrics,
+            meta,
+            generation,
+            gen_key: key,
+            skip: &mut r.skip,
+            inflight: inflight_bytes,
+            limit: *inflight_limit,
+            error,
+        };
+        let handle = r.handle.as_mut().expect("open handle");
+        let mut turn = 0u64;
+        let now = Instant::now();
+        loop {
+            if out.full() {
+                return Poll::Blocked;
+            }
+            let n = match handle.read_at(buf, r.pos) {
+                Ok(n) => n,
+                Err(e) => {
+                    out.metrics.read_errors.inc();
+                    tracing::warn!(path = %r.path.display(), error = %e, "read failed");
+                    return Poll::Idle;
+                }
+            };
+            if n == 0 {
+                return Poll::Idle;
+            }
+            let full = n == buf.len();
+            let used = r.lines.chunk(&buf[..n], r.pos, full, now, budgets, &mut out);
+            let lines = memchr::memchr_iter(b'\n', &buf[..used]).count();
+            out.metrics.lines.inc_by(lines as u64);
+            out.metrics.bytes.inc_by(used as u64);
+            r.pos += used as u64;
+            r.idle = false;
+            turn += used as u64;
+            if used == 0 {
+                return Poll::Idle; // an incomplete last line: wait for the rest
+            }
+            if out.full() {
+                return Poll::Blocked;
+            }
+            if turn >= TURN_BYTES {
+                return Poll::Progress;
+            }
+            if !full && used == n {
+                // Everything read was consumed; one more read tells whether more arrived.
+                continue;
+            }
+        }
+    }
+
+    fn check_end(&mut self, meta: &FileMeta, r: &mut Reader) -> End {
+        if r.truncated {
+            return End::Truncated;
+        }
+        let Some(h) = &r.handle else { return End::Wait };
+        if h.is_gz() {
+            return End::Complete;
+        }
+        let now = Instant::now();
+        let st = match h.stat() {
+            Ok(st) => st,
+            Err(_) => return End::Wait,
+        };
+        if st.nlink == 0 {
+            r.unlinked_at.get_or_insert(now);
+            return End::Complete;
+        }
+        if r.kind == GenKind::Live && st.size < r.pos {
+            return End::Truncated;
+        }
+        let wait = self.cfg.tail.rotate_wait;
+        match fs::metadata(&meta.path) {
+            Ok(md) if (md.dev(), md.ino()) == (r.dev, r.ino) => End::Wait,
+            Ok(md) => {
+                if r.rotated_at.is_none() {
+                    self.metrics.rotations.inc();
+                }
+                let since = *r.rotated_at.get_or_insert(now);
+                // The runtime writes to the new file only after reopening: data there means the
+                // renamed file is complete.
+                if md.size() > 0 || now.duration_since(since) >= wait { End::Complete } else { End::Wait }
+            }
+            Err(_) => {
+                let since = *r.rotated_at.get_or_insert(now);
+                if now.duration_since(since) >= wait { End::Complete } else { End::Wait }
+            }
+        }
+    }
+
+    /// Finishes a generation at its end: forwards an unterminated last line, flushes pending partials.
+    fn complete(&mut self, src: &mut Source) {
+        let mut r = src.reader.take().expect("reader");
+        if let Some(key) = r.gen_key {
+            self.finish_generation(&src.meta, &mut r, key, true);
+            self.metrics.generations_completed.inc();
+        }
+        if r.handle.take().is_some() {
+            self.open_files -= 1;
+        }
+    }
+
+    fn finish_generation(&mut self, meta: &FileMeta, r: &mut Reader, key: u64, read_tail: bool) {
+        let Core { sink, metrics, gens, buf, builder, budgets, inflight_bytes, error, .. } = self;
+        let generation = gens.get_mut(&key).expect("generation state");
+        let mut out = Emit {
+            sink,
+            builder,
+            metrics,
+            meta,
+            generation,
+            gen_key: key,
+            skip: &mut r.skip,
+            inflight: inflight_bytes,
+            limit: usize::MAX,
+            error,
+        };
+        if read_tail && let Some(h) = r.handle.as_mut() {
+            // An unterminated last line (bounded by the buffer; the rest of a longer one is dropped).
+            if let Ok(n) = h.read_at(buf, r.pos)
+                && n > 0
+            {
+                let end = r.pos + n as u64;
+                let line = &buf[..n];
+                let line = line.strip_suffix(b"\n").unwrap_or(line);
+                r.lines.line(line, r.pos, end, Instant::now(), budgets, &mut out);
+                r.pos = end;
+            }
+        }
+        r.lines.flush_all(FlushReason::EndOfFile, budgets, &mut out);
+        out.generation.tracker.resolve(r.pos);
+        out.generation.read_done = true;
+        self.dirty_checkpoint = true;
+    }
+
+    /// copytruncate: the old generation ends here; the same handle now holds a new one from 0.
+    fn truncated(&mut self, src: &mut Source) {
+        self.metrics.copytruncate.inc();
+        let r = src.reader.as_mut().expect("reader");
+        tracing::info!(path = %r.path.display(), offset = r.pos, "file truncated in place (copytruncate); reading from 0");
+        let mut old = std::mem::replace(&mut r.lines, self.new_processor(&src.meta));
+        let old_key = r.gen_key.take();
+        let old_pos = r.pos;
+        let old_skip = std::mem::take(&mut r.skip);
+        r.pos = 0;
+        r.truncated = false;
+        if let Some(key) = old_key {
+            let mut tmp = Reader {
+                handle: None,
+                path: r.path.clone(),
+                kind: r.kind.clone(),
+                dev: r.dev,
+                ino: r.ino,
+                gen_key: Some(key),
+                pos: old_pos,
+                lines: std::mem::replace(&mut old, self.new_processor(&src.meta)),
+                skip: old_skip,
+                rotated_at: None,
+                unlinked_at: None,
+                truncated: false,
+                idle: false,
+            };
+            self.finish_generation(&src.meta, &mut tmp, key, false);
+        }
+    }
+
+    fn close(&mut self, src: &mut Source) {
+        if let Some(mut r) = src.reader.take() {
+            r.lines.discard(&mut self.budgets);
+            if r.handle.take().is_some() {
+                self.open_files -= 1;
+            }
+        }
+    }
+
+    /// Gives up a reader before its end (counted with `reason`, unread bytes counted too).
+    fn give_up(&mut self, src: &mut Source, reason: &'static str) {
+        let Some(mut r) = src.reader.take() else { return };
+        let left = r.handle.as_ref().and_then(|h| h.stat().ok()).map_or(0, |s| s.size.saturating_sub(r.pos));
+        tracing::warn!(path = %r.path.display(), offset = r.pos, unread = left, reason, "giving up file");
+        Metrics::inc(&self.metrics.files_given_up, reason);
+        self.metrics.bytes_given_up.inc_by(left);
+        if let Some(key) = r.gen_key {
+            self.finish_generation(&src.meta, &mut r, key, false);
+        } else {
+            r.lines.discard(&mut self.budgets);
+        }
+        if r.handle.take().is_some() {
+            self.open_files -= 1;
+        }
+    }
+
+    fn flush_expired(&mut self, meta: &FileMeta, r: &mut Reader, now: Instant) {
+        let Some(key) = r.gen_key else { return };
+        let Core { sink, metrics, gens, builder, budgets, inflight_bytes, error, .. } = self;
+        let generation = gens.get_mut(&key).expect("generation state");
+        let mut out = Emit {
+            sink,
+            builder,
+            metrics,
+            meta,
+            generation,
+            gen_key: key,
+            skip: &mut r.skip,
+            inflight: inflight_bytes,
+            limit: usize::MAX,
+            error,
+        };
+        r.lines.flush_expired(now, budgets, &mut out);
+        let resume = r.lines.resume_point(r.pos);
+        out.generation.tracker.resolve(resume);
+    }
+}

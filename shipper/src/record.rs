@@ -1,0 +1,282 @@
+//! Record ids and the schema v1 document built for each message.
+//!
+//! # Record id
+//! [`record_id`] is the one place ids are derived. An id is
+//! `hex128(generation) "-" decimal(offset)`, where *generation* is [`GenerationId`]:
+//! `xxh3_128("sluice/v1" 0 source 0 fingerprint)`.
+//! - *source* names the log stream independently of inode and file name: `k8s/<pod uid>/<container>/<restart>`
+//!   for kubelet paths (pod uids are unique in the cluster, so ids are unique across nodes), otherwise
+//!   `path/<node>/<live path>`.
+//! - *fingerprint* is the generation's first line including its `\n`, or its first 4096 bytes when the
+//!   first line is longer ([`FINGERPRINT_MAX`]). It is content, so it is the same whether the generation
+//!   is read as `N.log`, `N.log.<ts>` or decompressed from `N.log.<ts>.gz`, it differs between
+//!   generations (each starts with its own nanosecond timestamp) and after copytruncate or inode reuse,
+//!   and a tiny file has one as soon as its first line is complete — before that it has no record.
+//! - *offset* is the byte offset of the record's first line in the uncompressed generation
+//!   (`log.offset`).
+//!
+//! The same line therefore gets the same id after any restart and from any of its file names.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use sluice_common::schema::{Agent, Document, Host, Kubernetes, Log, LogFile, Name, Pod, Stream, tag};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::discover::PodPath;
+use crate::parse::timestamp;
+use crate::reassemble::{Message, Tags};
+
+/// Most bytes of a generation's beginning used as its fingerprint.
+pub const FINGERPRINT_MAX: usize = 4096;
+
+/// Identity of one generation of a log file (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GenerationId(pub u128);
+
+impl GenerationId {
+    /// Derives the identity from the source key and the fingerprint bytes.
+    pub fn derive(source: &str, fingerprint: &[u8]) -> Self {
+        let mut h = Xxh3::new();
+        h.update(b"sluice/v1\0");
+        h.update(source.as_bytes());
+        h.update(b"\0");
+        h.update(fingerprint);
+        GenerationId(h.digest128())
+    }
+
+    /// Lowercase hex, 32 characters (the checkpoint key and the first half of record ids).
+    pub fn to_hex(self) -> String {
+        format!("{:032x}", self.0)
+    }
+
+    /// Parses [`GenerationId::to_hex`] output.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        (s.len() == 32).then(|| u128::from_str_radix(s, 16).ok()).flatten().map(GenerationId)
+    }
+}
+
+/// The fingerprint of a generation from its first bytes, or `None` while it cannot be known yet
+/// (no complete first line and fewer than [`FINGERPRINT_MAX`] bytes).
+pub fn fingerprint(head: &[u8]) -> Option<&[u8]> {
+    match memchr::memchr(b'\n', &head[..head.len().min(FINGERPRINT_MAX)]) {
+        Some(i) => Some(&head[..=i]),
+        None if head.len() >= FINGERPRINT_MAX => Some(&head[..FINGERPRINT_MAX]),
+        None => None,
+    }
+}
+
+/// The source key of a live path: `k8s/<uid>/<container>/<restart>` or `path/<node>/<path>`.
+pub fn source_key(live_path: &Path, pod: Option<&PodPath>, node: &str) -> String {
+    match pod {
+        Some(p) => format!("k8s/{}/{}/{}", p.uid, p.container, p.restart),
+        None => format!("path/{node}/{}", live_path.display()),
+    }
+}
+
+/// Writes the record id of the record whose first line is at `offset` in `generation` into `out`.
+///
+/// This is the single definition of record ids (`sluice.id`, the Elasticsearch `_id`).
+pub fn record_id(generation: GenerationId, offset: u64, out: &mut String) {
+    out.clear();
+    let _ = write!(out, "{:032x}-{offset}", generation.0);
+}
+
+/// Per-file metadata every record of the file borrows.
+#[derive(Debug, Clone)]
+pub struct FileMeta {
+    /// `log.file.path`: the live path.
+    pub path: String,
+    /// Kubernetes fields from the path, when it follows the kubelet layout.
+    pub pod: Option<PodPath>,
+    /// `kubernetes.node.name` and `host.name`.
+    pub node: String,
+    /// Kafka key `<pod uid>/<container>` (the path when not a kubelet path).
+    pub key: String,
+    /// Source key for [`GenerationId::derive`].
+    pub source: String,
+}
+
+impl FileMeta {
+    /// Metadata of the live file at `live_path`.
+    pub fn new(live_path: &Path, node: &str) -> Self {
+        let pod = PodPath::parse(live_path);
+        let key = match &pod {
+            Some(p) => format!("{}/{}", p.uid, p.container),
+            None => live_path.display().to_string(),
+        };
+        FileMeta {
+            path: live_path.display().to_string(),
+            source: source_key(live_path, pod.as_ref(), node),
+            pod,
+            node: node.to_owned(),
+            key,
+        }
+    }
+
+    /// The namespace, or `""`.
+    pub fn namespace(&self) -> &str {
+        self.pod.as_ref().map_or("", |p| p.namespace.as_str())
+    }
+}
+
+/// A built record, borrowed from the [`RecordBuilder`]: what a sink publishes.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    /// The record id (`sluice.id`).
+    pub id: &'a str,
+    /// Kafka key, `<pod uid>/<container>`.
+    pub key: &'a str,
+    /// RFC 3339 UTC timestamp (`sluice.ts`).
+    pub timestamp: &'a str,
+    /// Namespace (`sluice.ns`).
+    pub namespace: &'a str,
+    /// The schema v1 document as JSON (the Kafka value).
+    pub value: &'a [u8],
+    /// Byte offset of the first line.
+    pub offset: u64,
+    /// Tags of the record.
+    pub tags: Tags,
+}
+
+/// Builds documents and ids into reused buffers (one per pipeline).
+#[derive(Debug, Default)]
+pub struct RecordBuilder {
+    id: String,
+    ts: String,
+    value: Vec<u8>,
+}
+
+impl RecordBuilder {
+    /// Builds the record of `msg` read from a generation of `meta`'s file. Validates UTF-8 (invalid
+    /// sequences are replaced and tagged) and the timestamp (an unreadable one becomes the read time
+    /// and the record is tagged `parse_error`).
+    pub fn build<'s>(&'s mut self, meta: &'s FileMeta, generation: GenerationId, msg: &Message<'_>) -> Record<'s> {
+        let mut tags = msg.tags;
+        let message = match std::str::from_utf8(&msg.content) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => {
+                tags.insert(Tags::INVALID_UTF8);
+                String::from_utf8_lossy(&msg.content)
+            }
+        };
+        self.ts.clear();
+        match timestamp::normalize(&msg.timestamp) {
+            Some(ts) => self.ts.push_str(&ts),
+            None => {
+                if !msg.timestamp.is_empty() {
+                    tags.insert(Tags::PARSE_ERROR);
+                }
+                self.ts.push_str(&timestamp::now());
+            }
+        }
+        record_id(generation, msg.start, &mut self.id);
+        let (namespace, pod_name, uid, container) = match &meta.pod {
+            Some(p) => (p.namespace.as_str(), p.pod.as_str(), p.uid.as_str(), p.container.as_str()),
+            None => ("", "", "", ""),
+        };
+        let mut tag_list: Vec<Cow<'_, str>> = Vec::with_capacity(2);
+        tag_list.extend(tags.names().map(Cow::Borrowed));
+        tag_list.push(Cow::Borrowed(tag::METADATA_FROM_PATH));
+        let doc = Document {
+            timestamp: Cow::Borrowed(&self.ts),
+            message,
+            stream: msg.stream,
+            log: Log { file: LogFile { path: Cow::Borrowed(&meta.path) }, offset: msg.start },
+            kubernetes: Kubernetes {
+                namespace: Cow::Borrowed(namespace),
+                pod: Pod { name: Cow::Borrowed(pod_name), uid: Cow::Borrowed(uid) },
+                container: Name { name: Cow::Borrowed(container) },
+                node: Name { name: Cow::Borrowed(&meta.node) },
+                labels: Default::default(),
+                annotations: Default::default(),
+            },
+            container: None,
+            host: Host { name: Cow::Borrowed(&meta.node) },
+            agent: Agent::default(),
+            tags: tag_list,
+        };
+        self.value.clear();
+        serde_json::to_writer(&mut self.value, &doc).expect("serialising to a Vec cannot fail");
+        Record {
+            id: &self.id,
+            key: &meta.key,
+            timestamp: &self.ts,
+            namespace: meta.namespace(),
+            value: &self.value,
+            offset: msg.start,
+            tags,
+        }
+    }
+}
+
+/// A message for a line that did not parse: the raw line (lossy UTF-8), tagged `parse_error`.
+pub fn parse_error_message(line: &[u8], start: u64, end: u64) -> Message<'_> {
+    Message {
+        start,
+        end,
+        timestamp: Cow::Borrowed(b""),
+        stream: Stream::Stdout,
+        content: Cow::Borrowed(line.strip_suffix(b"\r").unwrap_or(line)),
+        tags: Tags::PARSE_ERROR,
+        flushed: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_deterministic_and_distinct() {
+        let a = GenerationId::derive("k8s/u1/app/0", b"2026-11-27T00:17:09.1Z stdout F x\n");
+        let b = GenerationId::derive("k8s/u1/app/0", b"2026-11-27T00:17:09.2Z stdout F x\n");
+        let c = GenerationId::derive("k8s/u2/app/0", b"2026-11-27T00:17:09.1Z stdout F x\n");
+        let d = GenerationId::derive("k8s/u1/app/1", b"2026-11-27T00:17:09.1Z stdout F x\n");
+        assert_eq!(a, GenerationId::derive("k8s/u1/app/0", b"2026-11-27T00:17:09.1Z stdout F x\n"));
+        assert!(a != b && a != c && a != d && c != d);
+        let mut id = String::new();
+        record_id(a, 1024, &mut id);
+        assert_eq!(id.len(), 32 + 1 + 4);
+        assert!(id.ends_with("-1024"));
+        assert_eq!(GenerationId::from_hex(&id[..32]), Some(a));
+    }
+
+    #[test]
+    fn fingerprint_needs_a_complete_first_line_or_4k() {
+        assert_eq!(fingerprint(b"abc"), None);
+        assert_eq!(fingerprint(b"abc\ndef"), Some(&b"abc\n"[..]));
+        let big = vec![b'x'; 5000];
+        assert_eq!(fingerprint(&big).unwrap().len(), FINGERPRINT_MAX);
+        assert_eq!(fingerprint(&big[..4095]), None);
+    }
+
+    #[test]
+    fn document_has_path_metadata_and_tags() {
+        let meta = FileMeta::new(Path::new("/var/log/pods/shop_web-0_0d6c/nginx/0.log"), "node-1");
+        let mut b = RecordBuilder::default();
+        let msg = Message {
+            start: 7,
+            end: 20,
+            timestamp: Cow::Borrowed(b"2026-11-27T01:17:09.5+01:00"),
+            stream: Stream::Stderr,
+            content: Cow::Borrowed(b"bad \xff"),
+            tags: Tags::TRUNCATED,
+            flushed: None,
+        };
+        let g = GenerationId::derive(&meta.source, b"x\n");
+        let r = b.build(&meta, g, &msg);
+        assert_eq!(r.key, "0d6c/nginx");
+        assert_eq!(r.timestamp, "2026-11-27T00:17:09.500000000Z");
+        let v: serde_json::Value = serde_json::from_slice(r.value).unwrap();
+        assert_eq!(v["message"], "bad \u{fffd}");
+        assert_eq!(v["stream"], "stderr");
+        assert_eq!(v["log"]["offset"], 7);
+        assert_eq!(v["kubernetes"]["namespace"], "shop");
+        assert_eq!(v["kubernetes"]["pod"]["name"], "web-0");
+        assert_eq!(v["kubernetes"]["container"]["name"], "nginx");
+        assert_eq!(v["tags"], serde_json::json!(["truncated", "invalid_utf8", "metadata_from_path"]));
+        let _: Document = serde_json::from_slice(r.value).unwrap();
+    }
+}

@@ -1,0 +1,180 @@
+//! Shared helpers of the read-path tests.
+#![allow(dead_code, missing_docs)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sluice_shipper::config::{Output, ShipperConfig};
+use sluice_shipper::metrics::Metrics;
+use sluice_shipper::pipeline::{self, Pipeline, Stopper, Summary};
+use sluice_shipper::sink::{AckMode, CollectSink, Collected};
+
+pub struct Env {
+    pub tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub ckpt: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("pods");
+        let ckpt = tmp.path().join("ckpt");
+        std::fs::create_dir_all(&root).unwrap();
+        Env { tmp, root, ckpt }
+    }
+
+    pub fn config(&self) -> ShipperConfig {
+        let mut c = ShipperConfig { node_name: "node-1".into(), output: Output::Stdout, ..Default::default() };
+        c.paths.root = self.root.display().to_string();
+        c.paths.symlink_dirs = vec![];
+        c.checkpoint.dir = self.ckpt.display().to_string();
+        c.checkpoint.interval = Duration::from_millis(200);
+        c.tail.rescan_interval = Duration::from_millis(200);
+        c.tail.rotate_wait = Duration::from_millis(500);
+        c
+    }
+}
+
+pub struct Running {
+    pub handle: JoinHandle<Summary>,
+    pub stopper: Stopper,
+    pub received: Arc<Mutex<Vec<Collected>>>,
+    pub metrics: Metrics,
+}
+
+pub fn start(cfg: &ShipperConfig, mode: AckMode) -> Running {
+    let (acker, events) = pipeline::channel();
+    let sink = CollectSink::new(acker, mode);
+    let received = sink.received.clone();
+    let metrics = Metrics::default();
+    let p = Pipeline::new(cfg, sink, events, metrics.clone()).unwrap();
+    let stopper = p.stopper();
+    let handle = std::thread::spawn(move || p.run().unwrap());
+    Running { handle, stopper, received, metrics }
+}
+
+impl Running {
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    /// Waits until at least `n` records arrived (panics after `secs`).
+    pub fn wait_for(&self, n: usize, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut last_print = Instant::now();
+        while self.count() < n {
+            if last_print.elapsed() > Duration::from_secs(5) {
+                eprintln!("waiting: {} of {n} records", self.count());
+                last_print = Instant::now();
+            }
+            assert!(Instant::now() < deadline, "timed out: {} of {n} records", self.count());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(self) -> (Vec<Collected>, Metrics) {
+        self.stopper.stop();
+        self.handle.join().unwrap();
+        let r = self.received.lock().unwrap().clone();
+        (r, self.metrics)
+    }
+}
+
+/// A delivered record, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rec {
+    pub id: String,
+    pub path: String,
+    pub offset: u64,
+    pub message: String,
+    pub stream: String,
+    pub tags: Vec<String>,
+}
+
+pub fn decode(c: &Collected) -> Rec {
+    let v: serde_json::Value = serde_json::from_slice(&c.value).unwrap();
+    Rec {
+        id: c.id.clone(),
+        path: v["log"]["file"]["path"].as_str().unwrap().to_owned(),
+        offset: v["log"]["offset"].as_u64().unwrap(),
+        message: v["message"].as_str().unwrap().to_owned(),
+        stream: v["stream"].as_str().unwrap().to_owned(),
+        tags: v["tags"]
+            .as_array()
+            .map(|a| a.iter().map(|t| t.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// Parses `<tag> <seq> …` contents.
+pub fn seq_of(message: &str) -> (String, u64) {
+    let mut parts = message.split(' ');
+    let tag = parts.next().unwrap().to_owned();
+    let seq = parts.next().unwrap().parse().unwrap();
+    (tag, seq)
+}
+
+/// Checks: every (tag, seq) in `expected` arrived; per tag+stream in increasing order (first
+/// delivery); duplicates only with the same id. Returns the number of duplicates.
+pub fn verify(records: &[Rec], expected: &BTreeMap<String, u64>) -> usize {
+    let mut seen: HashMap<(String, u64), String> = HashMap::new();
+    let mut last: HashMap<(String, String), u64> = HashMap::new();
+    let mut dups = 0;
+    for r in records {
+        assert!(!r.tags.iter().any(|t| t == "parse_error" || t == "partial_flushed" || t == "truncated"), "{r:?}");
+        let (tag, seq) = seq_of(&r.message);
+        if let Some(id) = seen.get(&(tag.clone(), seq)) {
+            assert_eq!(id, &r.id, "duplicate of {tag} {seq} with a different id");
+            dups += 1;
+            if dups <= 3 {
+                eprintln!("duplicate: {r:?}");
+            }
+            continue;
+        }
+        seen.insert((tag.clone(), seq), r.id.clone());
+        let key = (tag.clone(), r.stream.clone());
+        if let Some(prev) = last.get(&key) {
+            if seq <= *prev {
+                for x in records
+                    .iter()
+                    .filter(|x| x.message.starts_with(&tag))
+                    .take_while(|x| x != &r)
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .rev()
+                    .take(3)
+                {
+                    eprintln!("before: {} {} {}", x.id, x.offset, &x.message[..16]);
+                }
+                eprintln!("this: {} {} {}", r.id, r.offset, &r.message[..16]);
+            }
+            assert!(seq > *prev, "{tag}/{}: {seq} after {prev}", r.stream);
+        }
+        last.insert(key, seq);
+    }
+    for (tag, n) in expected {
+        for seq in 0..*n {
+            assert!(seen.contains_key(&(tag.clone(), seq)), "missing {tag} {seq}");
+        }
+    }
+    let total: u64 = expected.values().sum();
+    assert_eq!(seen.len() as u64, total, "unexpected extra records");
+    dups
+}
+
+pub fn stream_for(seq: u64) -> sluice_common::schema::Stream {
+    if seq % 7 == 3 { sluice_common::schema::Stream::Stderr } else { sluice_common::schema::Stream::Stdout }
+}
+
+pub fn len_for(seq: u64) -> usize {
+    // Mostly short lines, some longer than a fragment (P/F partials).
+    if seq % 11 == 0 { 700 } else { 60 + (seq % 90) as usize }
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
