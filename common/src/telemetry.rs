@@ -1,5 +1,7 @@
 //! Logging: `tracing` with human-readable or JSON output, filtered by `RUST_LOG` or `--log-level`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Log output format, chosen with `--log-format`.
@@ -16,7 +18,10 @@ pub enum LogFormat {
 /// `RUST_LOG` is unset. Safe to call once per process; later calls are ignored.
 pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
