@@ -98,6 +98,8 @@ struct Pending {
     buf: Vec<u8>,
     lines: usize,
     tags: Tags,
+    /// A joined message was itself sent without its final fragment (counted by reason).
+    flushed: Option<FlushReason>,
 }
 
 impl Pending {
@@ -153,6 +155,7 @@ impl Joiner {
                 p.end = msg.end;
                 p.last = now;
                 p.tags.insert(msg.tags);
+                p.flushed = p.flushed.or(msg.flushed);
                 budget.used = budget.used - before + p.held();
                 self.pending[s] = Some(p);
                 return;
@@ -173,6 +176,7 @@ impl Joiner {
             buf: msg.content.into_owned(),
             lines: 1,
             tags: msg.tags,
+            flushed: msg.flushed,
         };
         budget.used += p.held();
         self.pending[s] = Some(p);
@@ -220,7 +224,7 @@ fn finish(p: Pending, _reason: Option<FlushReason>) -> Message<'static> {
         stream: p.stream,
         content: Cow::Owned(p.buf),
         tags,
-        flushed: None,
+        flushed: p.flushed,
     }
 }
 
@@ -288,6 +292,20 @@ mod tests {
         let out = run(&mut j, &["Exception", " at a", " at b", "next"]);
         let texts: Vec<&str> = out.iter().map(|o| o.1.as_str()).collect();
         assert_eq!(texts, vec!["Exception\n at a", " at b", "next"]);
+    }
+
+    #[test]
+    fn a_joined_partial_flushed_message_keeps_its_flush_reason() {
+        let mut j = Joiner::new(rule(Some(r"^\d{4}-"), None, 10));
+        let mut budget = Budget::new(1 << 20);
+        let mut out = Vec::new();
+        let mut partial = msg(0, "2026-01 half a line");
+        partial.tags = Tags::PARTIAL_FLUSHED;
+        partial.flushed = Some(FlushReason::Timeout);
+        j.push(partial, Instant::now(), &mut budget, &mut |m| out.push((m.tags, m.flushed)));
+        j.push(msg(20, "  at a"), Instant::now(), &mut budget, &mut |m| out.push((m.tags, m.flushed)));
+        j.flush_all(&mut budget, &mut |m| out.push((m.tags, m.flushed)));
+        assert_eq!(out, vec![(Tags::PARTIAL_FLUSHED | Tags::MULTILINE, Some(FlushReason::Timeout))]);
     }
 
     #[test]

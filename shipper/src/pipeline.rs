@@ -346,6 +346,14 @@ impl<S: Sink> Pipeline<S> {
         let dirty = self.dirty.clone();
         let tx = self.events.tx.clone();
         let handler = move |res: notify::Result<notify::Event>| {
+            use notify::event::{AccessKind, AccessMode, EventKind};
+            // Opening and reading (IN_OPEN, IN_CLOSE_NOWRITE) change nothing; the scan's own
+            // `read_dir` calls raise them on every directory, which would trigger the next scan.
+            if let Ok(ev) = &res
+                && matches!(ev.kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write))
+            {
+                return;
+            }
             {
                 let mut guard = dirty.paths.lock().expect("dirty lock");
                 match res {
@@ -367,7 +375,11 @@ impl<S: Sink> Pipeline<S> {
         };
         match notify::recommended_watcher(handler) {
             Ok(mut w) => {
-                let root = self.discovery.root().to_owned();
+                // Events carry paths under the watched path; sources are keyed by real paths (the scan
+                // canonicalizes the root), so a symlinked root must be watched under its real path, or
+                // every event would look like an unknown file and trigger a full rescan.
+                let root = self.discovery.root();
+                let root = fs::canonicalize(root).unwrap_or_else(|_| root.to_owned());
                 if let Err(e) = w.watch(&root, RecursiveMode::Recursive) {
                     tracing::warn!(root = %root.display(), error = %e, "inotify watch failed; polling only");
                 }

@@ -1,4 +1,5 @@
-//! A kubelet-like log writer for tests and load generation: CRI lines with `P`/`F` partials, rotation
+//! A kubelet-like log writer for tests and load generation: CRI lines with `P`/`F` partials (or docker
+//! json-file lines, whose partial fragments lack the trailing `\n` in `log`), rotation
 //! by size to `N.log.<YYYYMMDD-hhmmss>`, compression of older rotated files to `.gz` (through a
 //! `.tmp` file, as the kubelet does), and at most `max_files` files kept.
 //!
@@ -13,6 +14,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use sluice_common::schema::Stream;
 
+use crate::config::Format;
 use crate::parse::timestamp::{Instant, format};
 
 /// How the writer behaves.
@@ -40,6 +42,7 @@ pub struct KubeletWriter {
     dir: PathBuf,
     name: String,
     opts: WriterOptions,
+    docker: bool,
     file: File,
     size: u64,
     clock_ns: i64,
@@ -67,6 +70,7 @@ impl KubeletWriter {
             dir,
             name,
             opts,
+            docker: false,
             file,
             size,
             clock_ns: 1_798_761_600_000_000_000, // 2027-01-01T00:00:00Z
@@ -74,6 +78,13 @@ impl KubeletWriter {
             lines: 0,
             rotations: 0,
         })
+    }
+
+    /// Writes `format` lines from now on: [`Format::Docker`] writes docker json-file lines (partial
+    /// fragments without the trailing `\n` in `log`), anything else CRI lines.
+    pub fn with_format(mut self, format: Format) -> Self {
+        self.docker = format == Format::Docker;
+        self
     }
 
     /// The live path.
@@ -107,10 +118,19 @@ impl KubeletWriter {
         }
         let last = chunks.len() - 1;
         for (i, chunk) in chunks.into_iter().enumerate() {
-            let tag = if i == last { "F" } else { "P" };
-            let mut line = Vec::with_capacity(chunk.len() + 48);
-            line.extend_from_slice(format!("{ts} {} {tag} ", stream.as_str()).as_bytes());
-            line.extend_from_slice(chunk);
+            let mut line = Vec::with_capacity(chunk.len() + 64);
+            if self.docker {
+                let mut log = String::from_utf8_lossy(chunk).into_owned();
+                if i == last {
+                    log.push('\n');
+                }
+                let entry = serde_json::json!({"log": log, "stream": stream.as_str(), "time": ts});
+                serde_json::to_writer(&mut line, &entry).map_err(io::Error::other)?;
+            } else {
+                let tag = if i == last { "F" } else { "P" };
+                line.extend_from_slice(format!("{ts} {} {tag} ", stream.as_str()).as_bytes());
+                line.extend_from_slice(chunk);
+            }
             line.push(b'\n');
             // One write per physical line, as the runtime does.
             self.file.write_all(&line)?;
