@@ -62,7 +62,9 @@ impl CommonArgs {
                     eprintln!("{problem}");
                 }
                 if !self.check_config {
-                    eprintln!("invalid configuration; see the problems above (`--check-config` prints only this report)");
+                    eprintln!(
+                        "invalid configuration; see the problems above (`--check-config` prints only this report)"
+                    );
                 }
                 Startup::Exit(ExitCode::FAILURE)
             }

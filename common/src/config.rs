@@ -27,11 +27,7 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
+        if self.path.is_empty() { write!(f, "{}", self.message) } else { write!(f, "{}: {}", self.path, self.message) }
     }
 }
 
@@ -161,7 +157,8 @@ where
             ignored_env.push(name);
             continue;
         }
-        apply(&mut tree, &shape, &path, &value).map_err(|message| ConfigError::Override { source_name: name, message })?;
+        apply(&mut tree, &shape, &path, &value)
+            .map_err(|message| ConfigError::Override { source_name: name, message })?;
     }
     for set in sets {
         let Some((key, value)) = set.split_once('=') else {
@@ -235,10 +232,7 @@ fn explain(message: String) -> String {
     let Some(rest) = message.strip_prefix("unknown field `") else { return message };
     let Some((unknown, expected)) = rest.split_once('`') else { return message };
     let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-    let nearest = candidates
-        .iter()
-        .map(|c| (strsim::jaro_winkler(unknown, c), *c))
-        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let nearest = candidates.iter().map(|c| (strsim::jaro_winkler(unknown, c), *c)).max_by(|a, b| a.0.total_cmp(&b.0));
     match nearest {
         Some((score, key)) if score >= 0.7 => {
             format!("unknown key `{unknown}`; did you mean `{key}`? (valid keys: {})", candidates.join(", "))
@@ -307,7 +301,12 @@ mod tests {
     }
     impl Default for Kafka {
         fn default() -> Self {
-            Kafka { brokers: vec!["127.0.0.1:9092".into()], topic: "sluice.logs".into(), linger_ms: 5, compression: None }
+            Kafka {
+                brokers: vec!["127.0.0.1:9092".into()],
+                topic: "sluice.logs".into(),
+                linger_ms: 5,
+                compression: None,
+            }
         }
     }
     impl Validate for Kafka {

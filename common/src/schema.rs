@@ -225,21 +225,14 @@ pub struct Agent<'a> {
 
 impl Default for Agent<'_> {
     fn default() -> Self {
-        Agent {
-            kind: Cow::Borrowed(AGENT_TYPE),
-            version: Cow::Borrowed(env!("CARGO_PKG_VERSION")),
-        }
+        Agent { kind: Cow::Borrowed(AGENT_TYPE), version: Cow::Borrowed(env!("CARGO_PKG_VERSION")) }
     }
 }
 
 /// Turns a label or annotation key into a document key: dots become `_` so that
 /// `app.kubernetes.io/name` does not create nested objects that conflict with `app`.
 pub fn sanitize_label_key(key: &str) -> Cow<'_, str> {
-    if key.contains('.') {
-        Cow::Owned(key.replace('.', "_"))
-    } else {
-        Cow::Borrowed(key)
-    }
+    if key.contains('.') { Cow::Owned(key.replace('.', "_")) } else { Cow::Borrowed(key) }
 }
 
 /// The Kafka headers of one record (contract version 1).
@@ -329,7 +322,11 @@ mod tests {
                 labels,
                 annotations: BTreeMap::new(),
             },
-            container: Some(Container { id: Some("abc".into()), image: Some(Name { name: "nginx:1".into() }), runtime: Some("containerd".into()) }),
+            container: Some(Container {
+                id: Some("abc".into()),
+                image: Some(Name { name: "nginx:1".into() }),
+                runtime: Some("containerd".into()),
+            }),
             host: Host { name: "node-1".into() },
             agent: Agent::default(),
             tags: vec![tag::TRUNCATED.into()],

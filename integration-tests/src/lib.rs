@@ -166,7 +166,9 @@ async fn wait_for_kafka(bootstrap: &str, timeout: Duration) {
         };
         match ok {
             Ok(true) => return,
-            other if Instant::now() > deadline => panic!("Kafka at {bootstrap} does not answer: {other:?}\n{HOW_TO_START}"),
+            other if Instant::now() > deadline => {
+                panic!("Kafka at {bootstrap} does not answer: {other:?}\n{HOW_TO_START}")
+            }
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
