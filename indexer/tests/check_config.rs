@@ -29,7 +29,11 @@ fn unknown_key_names_the_key_and_the_nearest_valid_one() {
     std::fs::write(&file, "kafka:\n  brokerz: [\"127.0.0.1:9092\"]\n").unwrap();
     let output = run(&["--check-config", "--config", file.to_str().unwrap()], &[]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("kafka.brokerz: unknown key `brokerz`; did you mean `brokers`?"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("kafka.brokerz: unknown key `brokerz`; did you mean `brokers`?"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]

@@ -1,0 +1,652 @@
+//! `sluice-indexer` configuration (keys of the operator interface in `shared/DESIGN.md`, plus the
+//! tuning keys documented in `docs/indexer.md`).
+//!
+//! Every section is `deny_unknown_fields` with defaults; [`Validate`] reports problems with their key
+//! path. Secrets ([`Secret`]) never appear in `Debug` output or logs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sluice_common::config::{MetricsConfig, Problems, Validate, validate_host_ports};
+use sluice_common::schema::{DEFAULT_DLQ_TOPIC, DEFAULT_TOPIC};
+
+use crate::index::IndexPattern;
+
+/// The whole indexer configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexerConfig {
+    /// `kafka.*`.
+    pub kafka: KafkaConfig,
+    /// `elasticsearch.*`.
+    pub elasticsearch: ElasticsearchConfig,
+    /// `batch.*`: how records are grouped into `_bulk` requests, and the memory bound.
+    pub batch: BatchConfig,
+    /// `concurrency.*`: adaptive limit of in-flight bulk requests.
+    pub concurrency: ConcurrencyConfig,
+    /// `retry.*`: backoff of retried items and requests.
+    pub retry: RetryConfig,
+    /// `retention.*`: deletion of whole old indices.
+    pub retention: RetentionConfig,
+    /// `dead_letter.*`.
+    pub dead_letter: DeadLetterConfig,
+    /// `metrics.*`.
+    pub metrics: MetricsConfig,
+}
+
+impl Default for IndexerConfig {
+    fn default() -> Self {
+        IndexerConfig {
+            kafka: KafkaConfig::default(),
+            elasticsearch: ElasticsearchConfig::default(),
+            batch: BatchConfig::default(),
+            concurrency: ConcurrencyConfig::default(),
+            retry: RetryConfig::default(),
+            retention: RetentionConfig::default(),
+            dead_letter: DeadLetterConfig::default(),
+            metrics: MetricsConfig::on_port(9465),
+        }
+    }
+}
+
+impl Validate for IndexerConfig {
+    fn validate(&self, p: &mut Problems) {
+        p.section("kafka", &self.kafka);
+        p.section("elasticsearch", &self.elasticsearch);
+        p.section("batch", &self.batch);
+        p.section("concurrency", &self.concurrency);
+        p.section("retry", &self.retry);
+        p.section("retention", &self.retention);
+        p.section("dead_letter", &self.dead_letter);
+        p.section("metrics", &self.metrics);
+        if self.batch.max_in_flight_bytes.0 < self.batch.max_bytes.0 {
+            p.push("batch.max_in_flight_bytes", "must be at least batch.max_bytes");
+        }
+        if self.dead_letter.topic == self.kafka.topic {
+            p.push("dead_letter.topic", "must differ from kafka.topic");
+        }
+        // librdkafka evicts a member that does not poll for max.poll.interval.ms; a revocation
+        // blocks polling for up to revoke_timeout.
+        if self.kafka.revoke_timeout + Duration::from_secs(10) > self.kafka.max_poll_interval {
+            p.push("kafka.revoke_timeout", "must be at least 10s below kafka.max_poll_interval");
+        }
+    }
+}
+
+/// `kafka.*`: the consumer group, and the topics `setup` creates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// Topic records are consumed from.
+    pub topic: String,
+    /// Consumer group id; replicas of one indexer share it.
+    pub group_id: String,
+    /// Partitions of the records topic created by `setup` (the upper bound of useful replicas).
+    pub partitions: u32,
+    /// Replication factor of the topics `setup` creates; unset = the brokers' `default.replication.factor`.
+    pub replication_factor: Option<u16>,
+    /// Group session timeout (`session.timeout.ms`).
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// `max.poll.interval.ms`: must exceed `revoke_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub max_poll_interval: Duration,
+    /// On revocation (rebalance or shutdown), how long in-flight records of the revoked partitions
+    /// may take to settle before they are abandoned (and re-delivered to the next owner).
+    #[serde(with = "humantime_serde")]
+    pub revoke_timeout: Duration,
+    /// How often the settled prefix of each partition is committed.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Bound of librdkafka's prefetch queue per consumer (`queued.max.messages.kbytes`). Pausing
+    /// discards what was prefetched, so much more than one batch only costs refetching.
+    pub prefetch_bytes: ByteSize,
+    /// Extra librdkafka properties (e.g. `security.protocol`, `sasl.*`); values are redacted in logs.
+    pub properties: BTreeMap<String, Secret>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: vec!["127.0.0.1:9092".into()],
+            topic: DEFAULT_TOPIC.into(),
+            group_id: "sluice-indexer".into(),
+            partitions: 12,
+            replication_factor: None,
+            session_timeout: Duration::from_secs(45),
+            max_poll_interval: Duration::from_secs(300),
+            revoke_timeout: Duration::from_secs(30),
+            commit_interval: Duration::from_secs(1),
+            prefetch_bytes: ByteSize::mib(8),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl Validate for KafkaConfig {
+    fn validate(&self, p: &mut Problems) {
+        validate_host_ports(p, "brokers", &self.brokers);
+        p.check(!self.topic.is_empty(), "topic", "must not be empty");
+        p.check(!self.group_id.is_empty(), "group_id", "must not be empty");
+        p.check(self.partitions >= 1, "partitions", "must be at least 1");
+        p.check(self.replication_factor != Some(0), "replication_factor", "must be at least 1 (or unset)");
+        p.check(self.session_timeout >= Duration::from_secs(1), "session_timeout", "must be at least 1s");
+        p.check(!self.commit_interval.is_zero(), "commit_interval", "must be positive");
+        p.check(self.prefetch_bytes.0 >= 1024, "prefetch_bytes", "must be at least 1KiB");
+        for key in self.properties.keys() {
+            const OWNED: [&str; 6] = [
+                "bootstrap.servers",
+                "group.id",
+                "enable.auto.commit",
+                "enable.auto.offset.store",
+                "partition.assignment.strategy",
+                "enable.partition.eof",
+            ];
+            if OWNED.contains(&key.as_str()) {
+                p.push(&format!("properties.{key}"), "is set by the indexer itself and cannot be overridden");
+            }
+        }
+    }
+}
+
+/// `elasticsearch.*`: the bulk target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ElasticsearchConfig {
+    /// One or more node URLs; requests go round-robin over the healthy ones.
+    pub urls: Vec<String>,
+    /// Target index pattern: `%Y`, `%m`, `%d`, `%H` from the record's `sluice.ts` (UTC), and
+    /// `{namespace}` from `sluice.ns` for per-namespace indices.
+    pub index: String,
+    /// `elasticsearch.auth.*`.
+    pub auth: AuthConfig,
+    /// `elasticsearch.tls.*`.
+    pub tls: TlsConfig,
+    /// Timeout of one `_bulk` request (a timeout counts as overload).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// `elasticsearch.breaker.*`: per-node circuit breaker.
+    pub breaker: BreakerConfig,
+    /// While writes are blocked (flood-stage disk watermark, read-only index), how often one
+    /// request probes whether the block is gone.
+    #[serde(with = "humantime_serde")]
+    pub blocked_probe_interval: Duration,
+    /// `elasticsearch.template.*`: the index template.
+    pub template: TemplateConfig,
+}
+
+impl Default for ElasticsearchConfig {
+    fn default() -> Self {
+        ElasticsearchConfig {
+            urls: vec!["http://127.0.0.1:9200".into()],
+            index: "sluice-logs-%Y.%m.%d".into(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
+            request_timeout: Duration::from_secs(60),
+            breaker: BreakerConfig::default(),
+            blocked_probe_interval: Duration::from_secs(30),
+            template: TemplateConfig::default(),
+        }
+    }
+}
+
+impl Validate for ElasticsearchConfig {
+    fn validate(&self, p: &mut Problems) {
+        p.check(!self.urls.is_empty(), "urls", "must not be empty");
+        for (i, url) in self.urls.iter().enumerate() {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                p.push(&format!("urls[{i}]"), format!("`{url}` must start with http:// or https://"));
+            } else if elasticsearch::http::Url::parse(url).is_err() {
+                p.push(&format!("urls[{i}]"), format!("`{url}` is not a valid URL"));
+            }
+        }
+        if let Err(err) = IndexPattern::parse(&self.index) {
+            p.push("index", err.to_string());
+        }
+        p.section("auth", &self.auth);
+        p.check(!self.request_timeout.is_zero(), "request_timeout", "must be positive");
+        p.section("breaker", &self.breaker);
+        p.check(!self.blocked_probe_interval.is_zero(), "blocked_probe_interval", "must be positive");
+        p.section("template", &self.template);
+    }
+}
+
+/// `elasticsearch.auth.*`: basic auth or an API key (not both).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Basic-auth user name.
+    pub username: String,
+    /// Basic-auth password.
+    pub password: Secret,
+    /// API key, base64 of `id:key` as Elasticsearch returns it in `encoded`.
+    pub api_key: Secret,
+}
+
+impl Validate for AuthConfig {
+    fn validate(&self, p: &mut Problems) {
+        p.check(
+            self.username.is_empty() || self.api_key.is_empty(),
+            "api_key",
+            "set either username/password or api_key, not both",
+        );
+        p.check(self.password.is_empty() || !self.username.is_empty(), "username", "is required with a password");
+    }
+}
+
+/// `elasticsearch.tls.*`: server certificate validation for `https://` URLs.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file with the CA certificate(s) to trust in addition to the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any server certificate (testing only).
+    pub insecure_skip_verify: bool,
+}
+
+/// `elasticsearch.breaker.*`: a node that fails this many requests in a row is skipped, then
+/// probed with one request after an exponentially growing pause.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Consecutive request failures that open the breaker.
+    pub failure_threshold: u32,
+    /// First pause before a probe.
+    #[serde(with = "humantime_serde")]
+    pub min_open: Duration,
+    /// Longest pause before a probe.
+    #[serde(with = "humantime_serde")]
+    pub max_open: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig { failure_threshold: 3, min_open: Duration::from_secs(1), max_open: Duration::from_secs(30) }
+    }
+}
+
+impl Validate for BreakerConfig {
+    fn validate(&self, p: &mut Problems) {
+        p.check(self.failure_threshold >= 1, "failure_threshold", "must be at least 1");
+        p.check(!self.min_open.is_zero(), "min_open", "must be positive");
+        p.check(self.max_open >= self.min_open, "max_open", "must be at least min_open");
+    }
+}
+
+/// `elasticsearch.template.*`: the composable index template for the indices of `elasticsearch.index`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TemplateConfig {
+    /// Install (idempotently) at start of `run` as well as in `setup`.
+    pub install: bool,
+    /// Template name.
+    pub name: String,
+    /// Primary shards per index (keep small with per-namespace indices).
+    pub shards: u32,
+    /// Replicas per shard.
+    pub replicas: u32,
+    /// `index.refresh_interval`.
+    pub refresh_interval: String,
+    /// `index.mapping.total_fields.limit`: bounds dynamic mapping of fields outside schema v1
+    /// (labels and annotations are single `flattened` fields and never add mappings).
+    pub total_fields_limit: u32,
+    /// Template priority (higher wins over other templates matching the same indices).
+    pub priority: u32,
+}
+
+impl Default for TemplateConfig {
+    fn default() -> Self {
+        TemplateConfig {
+            install: true,
+            name: "sluice-logs".into(),
+            shards: 1,
+            replicas: 1,
+            refresh_interval: "5s".into(),
+            total_fields_limit: 1000,
+            priority: 200,
+        }
+    }
+}
+
+impl Validate for TemplateConfig {
+    fn validate(&self, p: &mut Problems) {
+        p.check(!self.name.is_empty(), "name", "must not be empty");
+        p.check(self.shards >= 1, "shards", "must be at least 1");
+        p.check(!self.refresh_interval.is_empty(), "refresh_interval", "must not be empty");
+        p.check(self.total_fields_limit >= 100, "total_fields_limit", "must be at least 100");
+    }
+}
+
+/// `batch.*`: a bulk request is sent when any limit is reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Encoded NDJSON bytes per `_bulk` request.
+    pub max_bytes: ByteSize,
+    /// Documents per `_bulk` request.
+    pub max_docs: usize,
+    /// Longest wait for a batch to fill.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Memory bound: encoded bytes of batches sent but not settled. When reached, the Kafka
+    /// partitions are paused.
+    pub max_in_flight_bytes: ByteSize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_bytes: ByteSize::mib(5),
+            max_docs: 10_000,
+            linger: Duration::from_millis(500),
+            max_in_flight_bytes: ByteSize::mib(64),
+        }
+    }
+}
+
+impl Validate for BatchConfig {
+    fn validate(&self, p: &mut Problems) {
+        p.check(self.max_bytes.0 >= 1024, "max_bytes", "must be at least 1KiB");
+        p.check(self.max_bytes.0 <= 1 << 30, "max_bytes", "must be at most 1GiB");
+        p.check(self.max_docs >= 1, "max_docs", "must be at least 1");
+        p.check(!self.linger.is_zero(), "linger", "must be positive");
+    }
+}
+
+/// `concurrency.*`: AIMD limit of in-flight `_bulk` requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConcurrencyConfig {
+    /// Lower bound.
+    pub min: usize,
+    /// Upper bound.
+    pub max: usize,
+    /// Limit at start.
+    pub initial: usize,
+    /// Multiplier applied on 429, timeout or latency spike.
+    pub decrease_factor: f64,
+    /// A request slower than this multiple of the latency baseline counts as a spike.
+    pub latency_spike_factor: f64,
+}
+
+impl Default for ConcurrencyConfig {
+    fn default() -> Self {
+        ConcurrencyConfig { min: 1, max: 8, initial: 2, decrease_factor: 0.5, latency_spike_factor: 3.0 }
+    }
+}
+
+impl Validate for ConcurrencyConfig {
+    fn validate(&self, p: &mut Problems) {
+        p.check(self.min >= 1, "min", "must be at least 1");
+        p.check(self.max >= self.min, "max", "must be at least concurrency.min");
+        p.check(self.max <= 1024, "max", "must be at most 1024");
+        p.check((self.min..=self.max).contains(&self.initial), "initial", "must be between min and max");
+        p.check(
+            self.decrease_factor > 0.0 && self.decrease_factor < 1.0,
+            "decrease_factor",
+            "must be between 0 and 1 (exclusive)",
+        );
+        p.check(self.latency_spike_factor > 1.0, "latency_spike_factor", "must be greater than 1");
+    }
+}
+
+/// `retry.*`: jittered exponential backoff for retried items and failed requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// First backoff.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Longest backoff.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Attempts per item before it is dead-lettered (`retries_exhausted`); 0 = unlimited.
+    pub max_attempts: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+            max_attempts: 0,
+        }
+    }
+}
+
+impl Validate for RetryConfig {
+    fn validate(&self, p: &mut Problems) {
+        p.check(!self.initial_backoff.is_zero(), "initial_backoff", "must be positive");
+        p.check(self.max_backoff >= self.initial_backoff, "max_backoff", "must be at least initial_backoff");
+    }
+}
+
+/// `retention.*`: whole indices older than `days` (by the date in their name) are deleted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days to keep; 0 disables deletion.
+    pub days: u32,
+    /// How often old indices are looked for.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { days: 0, check_interval: Duration::from_secs(3600) }
+    }
+}
+
+impl Validate for RetentionConfig {
+    fn validate(&self, p: &mut Problems) {
+        p.check(!self.check_interval.is_zero(), "check_interval", "must be positive");
+    }
+}
+
+/// `dead_letter.*`: where records Elasticsearch rejects for good go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterConfig {
+    /// Dead-letter topic.
+    pub topic: String,
+    /// Partitions of the dead-letter topic created by `setup`.
+    pub partitions: u32,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        DeadLetterConfig { topic: DEFAULT_DLQ_TOPIC.into(), partitions: 3 }
+    }
+}
+
+impl Validate for DeadLetterConfig {
+    fn validate(&self, p: &mut Problems) {
+        p.check(!self.topic.is_empty(), "topic", "must not be empty");
+        p.check(self.partitions >= 1, "partitions", "must be at least 1");
+    }
+}
+
+/// A secret string (password, API key, librdkafka property value): `Debug` prints `***`.
+/// Empty means unset.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret value; use only to hand it to a client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether no value is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Serialised only to learn the configuration's shape (defaults are empty).
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Accept numbers and booleans too: `SLUICE_…=12345` overrides arrive as YAML scalars.
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(Secret(s)),
+            serde_json::Value::Number(n) => Ok(Secret(n.to_string())),
+            serde_json::Value::Bool(b) => Ok(Secret(b.to_string())),
+            serde_json::Value::Null => Ok(Secret::default()),
+            _ => Err(serde::de::Error::custom("expected a string")),
+        }
+    }
+}
+
+/// A size in bytes: an integer, or a string with a unit (`512KiB`, `5MiB`, `1GiB`, `5MB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// `n` mebibytes.
+    pub const fn mib(n: u64) -> Self {
+        ByteSize(n * 1024 * 1024)
+    }
+
+    /// As `usize` (saturating).
+    pub fn as_usize(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+
+    /// Parses `5MiB`, `512 KiB`, `1GB`, `42`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size like 5MiB"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            _ => return Err(format!("`{text}`: unknown unit (use B, KiB, MiB, GiB, KB, MB, GB)")),
+        };
+        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("`{text}` is too large"))
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Number(n) => {
+                n.as_u64().map(ByteSize).ok_or_else(|| serde::de::Error::custom("must be a non-negative integer"))
+            }
+            serde_json::Value::String(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+            _ => Err(serde::de::Error::custom("expected a size like 5MiB or a number of bytes")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_common::config::load;
+
+    use super::*;
+
+    fn load_with(sets: &[&str], env: &[(&str, &str)]) -> Result<IndexerConfig, Vec<String>> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        load::<IndexerConfig>(None, env, &sets).map(|l| l.config).map_err(|e| e.problems())
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_operator_interface() {
+        let c = load_with(&[], &[]).unwrap();
+        assert_eq!(c.kafka.topic, "sluice.logs");
+        assert_eq!(c.kafka.group_id, "sluice-indexer");
+        assert_eq!(c.elasticsearch.index, "sluice-logs-%Y.%m.%d");
+        assert_eq!(c.dead_letter.topic, "sluice.logs.dlq");
+        assert_eq!(c.metrics.listen, "0.0.0.0:9465");
+        assert_eq!(c.batch.max_bytes, ByteSize::mib(5));
+        assert_eq!(c.retry.max_attempts, 0, "unlimited retries by default");
+    }
+
+    #[test]
+    fn sizes_durations_and_secrets_from_overrides() {
+        let c = load_with(
+            &["batch.max_bytes=1MiB", "batch.linger=50ms", "elasticsearch.auth.username=u"],
+            &[
+                ("SLUICE_ELASTICSEARCH__AUTH__PASSWORD", "12345"),
+                ("SLUICE_ELASTICSEARCH__URLS", "http://a:1,http://b:2"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.batch.max_bytes.0, 1 << 20);
+        assert_eq!(c.batch.linger, Duration::from_millis(50));
+        assert_eq!(c.elasticsearch.auth.password.expose(), "12345");
+        assert_eq!(c.elasticsearch.urls.len(), 2);
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("12345"), "secret leaked: {debug}");
+        assert!(debug.contains("***"));
+    }
+
+    #[test]
+    fn problems_name_key_paths() {
+        let problems = load_with(
+            &["concurrency.min=4", "concurrency.max=2", "elasticsearch.index=logs-%Q", "batch.max_bytes=3XB"],
+            &[],
+        )
+        .unwrap_err();
+        assert!(problems.iter().any(|p| p.starts_with("batch.max_bytes")), "{problems:?}");
+        let problems =
+            load_with(&["concurrency.min=4", "concurrency.max=2", "elasticsearch.index=logs-%Q"], &[]).unwrap_err();
+        assert!(problems.iter().any(|p| p.starts_with("concurrency.max:")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.starts_with("elasticsearch.index:")), "{problems:?}");
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, b"kafka:\n  properties:\n    group.id: x\n").unwrap();
+        let problems = load::<IndexerConfig>(Some(file.path()), Vec::new(), &[]).unwrap_err().problems();
+        assert!(problems.iter().any(|p| p.starts_with("kafka.properties.group.id:")), "{problems:?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let problems = load_with(&["batch.max_byte=1"], &[]).unwrap_err();
+        assert!(problems[0].contains("did you mean `max_bytes`"), "{problems:?}");
+    }
+
+    #[test]
+    fn byte_size_parsing() {
+        assert_eq!(ByteSize::parse("42").unwrap().0, 42);
+        assert_eq!(ByteSize::parse("5MiB").unwrap().0, 5 << 20);
+        assert_eq!(ByteSize::parse("512 KiB").unwrap().0, 512 << 10);
+        assert_eq!(ByteSize::parse("1GB").unwrap().0, 1_000_000_000);
+        assert!(ByteSize::parse("MiB").is_err());
+        assert!(ByteSize::parse("5XB").is_err());
+    }
+}

@@ -1,0 +1,41 @@
+//! The Sluice indexer: a Kafka consumer group that writes records to Elasticsearch (or
+//! OpenSearch) with `_bulk`, commits offsets only over settled records, and protects the cluster
+//! from overload.
+//!
+//! # Layout
+//! The data path reads from the module names: `consume → batch → bulk → settle → commit`.
+//! - [`config`]: the configuration keys (operator interface + tuning), validated with key paths.
+//! - [`consume`]: the group consumer on its own thread — cooperative-sticky rebalances with
+//!   drain-then-commit on revocation, pause/resume back-pressure, periodic commits, lag statistics.
+//! - [`batch`]: records → NDJSON `_bulk` bodies (action line from headers + raw payload bytes),
+//!   limited by bytes, documents and linger.
+//! - [`index`]: target index names from `sluice.ts` / `sluice.ns` and the `elasticsearch.index`
+//!   pattern.
+//! - [`bulk`]: sends batches, classifies every item (settle / retry / dead-letter / blocked),
+//!   retries with backoff, splits rejected requests.
+//! - [`es`]: node pool — round-robin, per-node circuit breaker, TLS, basic auth / API key,
+//!   Elasticsearch-vs-OpenSearch detection.
+//! - [`settle`]: per-partition settled-prefix tracking: what may be committed.
+//! - [`overload`]: AIMD concurrency limiter and the write gate for blocked clusters.
+//! - [`dlq`]: the dead-letter producer.
+//! - [`backoff`]: jittered exponential backoff.
+//! - [`template`], [`setup`]: the index template and the `setup` subcommand (topics + template).
+//! - [`retention`]: deletion of whole old indices.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`pipeline`]: the `run` subcommand wiring it all together.
+
+pub mod backoff;
+pub mod batch;
+pub mod bulk;
+pub mod config;
+pub mod consume;
+pub mod dlq;
+pub mod es;
+pub mod index;
+pub mod metrics;
+pub mod overload;
+pub mod pipeline;
+pub mod retention;
+pub mod settle;
+pub mod setup;
+pub mod template;

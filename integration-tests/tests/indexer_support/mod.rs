@@ -1,0 +1,406 @@
+//! Shared helpers of the `indexer_*` tests: contract-conformant records, the `sluice-indexer`
+//! binary as a child process, and assertions against the real Kafka and Elasticsearch.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+use sluice_common::schema::Headers;
+use sluice_integration_tests::{Kafka, Search, free_port, unique_name};
+
+/// Names private to one test.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub topic: String,
+    pub dlq: String,
+    pub group: String,
+    /// Index prefix; the pattern is `<prefix>-%Y.%m.%d`.
+    pub index: String,
+    pub template: String,
+}
+
+impl Names {
+    pub fn new(test: &str) -> Self {
+        let base = unique_name(test);
+        Names {
+            topic: format!("{base}.logs"),
+            dlq: format!("{base}.dlq"),
+            group: format!("{base}-group"),
+            index: format!("{base}-idx"),
+            template: format!("{base}-tpl"),
+        }
+    }
+
+    /// The index pattern wildcard for searches.
+    pub fn indices(&self) -> String {
+        format!("{}-*", self.index)
+    }
+}
+
+/// One record as the shipper would publish it.
+#[derive(Debug, Clone)]
+pub struct TestRecord {
+    pub id: String,
+    pub ts: String,
+    pub ns: String,
+    pub key: String,
+    pub payload: String,
+}
+
+/// `n` valid schema-v1 records spread over `days` UTC dates (2026-11-25 onwards) and `pods` keys.
+pub fn records(n: usize, days: usize, pods: usize, tag: &str) -> Vec<TestRecord> {
+    (0..n)
+        .map(|i| {
+            let day = 25 + (i % days.max(1));
+            let ts = format!("2026-11-{day:02}T{:02}:{:02}:{:02}.{:09}Z", i % 24, i % 60, (i / 60) % 60, i);
+            let pod = i % pods.max(1);
+            let ns = format!("ns-{}", pod % 3);
+            let payload = json!({
+                "@timestamp": ts,
+                "message": format!("{tag} line {i} of pod {pod}: the quick brown fox jumps over the lazy dog"),
+                "stream": if i % 5 == 0 { "stderr" } else { "stdout" },
+                "log": {"file": {"path": format!("/var/log/pods/{ns}_pod-{pod}_uid{pod}/app/0.log")}, "offset": i * 120},
+                "kubernetes": {
+                    "namespace": ns,
+                    "pod": {"name": format!("pod-{pod}"), "uid": format!("uid{pod}")},
+                    "container": {"name": "app"},
+                    "node": {"name": "node-1"},
+                    "labels": {"app": "web", "app_kubernetes_io/name": format!("web-{}", pod % 7)}
+                },
+                "host": {"name": "node-1"},
+                "agent": {"type": "sluice", "version": "0.1.0"}
+            });
+            TestRecord {
+                id: format!("{tag}-{i:08}"),
+                ts,
+                ns,
+                key: format!("uid{pod}/app"),
+                payload: payload.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// A producer like the shipper's (idempotent, acks=all).
+pub fn producer(kafka: &Kafka) -> FutureProducer {
+    kafka
+        .client_config()
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("partitioner", "murmur2_random")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer")
+}
+
+/// Contract headers of a record.
+pub fn headers(r: &TestRecord) -> OwnedHeaders {
+    let contract = Headers { id: r.id.as_str().into(), ts: r.ts.as_str().into(), ns: r.ns.as_str().into() };
+    let mut headers = OwnedHeaders::new();
+    for (key, value) in contract.pairs() {
+        headers = headers.insert(Header { key, value: Some(value) });
+    }
+    headers
+}
+
+/// Produces records and waits for every acknowledgement.
+pub async fn produce(producer: &FutureProducer, topic: &str, records: &[TestRecord]) {
+    for chunk in records.chunks(5000) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for r in chunk {
+            let record = FutureRecord::to(topic).key(&r.key).payload(&r.payload).headers(headers(r));
+            pending.push(producer.send_result(record).map_err(|(e, _)| e).expect("enqueue"));
+        }
+        for delivery in pending {
+            delivery.await.expect("delivery").expect("acknowledged");
+        }
+    }
+}
+
+/// Path of the `sluice-indexer` binary next to the test executable (`target/<profile>/`).
+pub fn indexer_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    let bin = dir.join("sluice-indexer");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p sluice-indexer`, or the README's test command)",
+        bin.display()
+    );
+    bin
+}
+
+/// Environment for an indexer of this test.
+pub fn env(kafka: &Kafka, search: &Search, names: &Names) -> Vec<(String, String)> {
+    [
+        ("SLUICE_KAFKA__BROKERS", kafka.bootstrap.clone()),
+        ("SLUICE_KAFKA__TOPIC", names.topic.clone()),
+        ("SLUICE_KAFKA__GROUP_ID", names.group.clone()),
+        ("SLUICE_KAFKA__PARTITIONS", "4".into()),
+        ("SLUICE_KAFKA__REPLICATION_FACTOR", "1".into()),
+        ("SLUICE_KAFKA__SESSION_TIMEOUT", "10s".into()),
+        ("SLUICE_KAFKA__REVOKE_TIMEOUT", "10s".into()),
+        ("SLUICE_DEAD_LETTER__TOPIC", names.dlq.clone()),
+        ("SLUICE_DEAD_LETTER__PARTITIONS", "1".into()),
+        ("SLUICE_ELASTICSEARCH__URLS", search.url.clone()),
+        ("SLUICE_ELASTICSEARCH__INDEX", format!("{}-%Y.%m.%d", names.index)),
+        ("SLUICE_ELASTICSEARCH__TEMPLATE__NAME", names.template.clone()),
+        ("SLUICE_ELASTICSEARCH__TEMPLATE__REPLICAS", "0".into()),
+        ("SLUICE_ELASTICSEARCH__TEMPLATE__REFRESH_INTERVAL", "1s".into()),
+        ("SLUICE_BATCH__LINGER", "200ms".into()),
+        ("SLUICE_RETRY__MAX_BACKOFF", "2s".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// Sets or replaces a variable.
+pub fn set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
+    env.retain(|(k, _)| k != key);
+    env.push((key.to_owned(), value.to_owned()));
+}
+
+/// Runs `sluice-indexer setup` and asserts success.
+pub fn setup(env: &[(String, String)]) {
+    let output = Command::new(indexer_binary())
+        .arg("setup")
+        .env_clear()
+        .envs(env.iter().cloned())
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .expect("run sluice-indexer setup");
+    assert!(output.status.success(), "setup failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// A running `sluice-indexer` process; killed when dropped.
+pub struct Indexer {
+    child: Child,
+    pub metrics_addr: String,
+    pub log: PathBuf,
+}
+
+impl Indexer {
+    /// Starts `sluice-indexer run` with `env`; its log goes to a file under the target dir.
+    pub fn spawn(env: &[(String, String)], name: &str) -> Self {
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
+        let exe = std::env::current_exe().expect("test executable");
+        let log = exe.parent().expect("deps dir").join(format!("{}.log", unique_name(name)));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(indexer_binary())
+            .arg("run")
+            .env_clear()
+            .envs(env.iter().cloned())
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("SLUICE_METRICS__LISTEN", &metrics_addr)
+            .env("RUST_LOG", "info,sluice_indexer=debug,librdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn sluice-indexer");
+        Indexer { child, metrics_addr, log }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The tail of the process log (for assertion messages).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// SIGTERM, then waits for the exit (SIGKILL after `timeout`).
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("indexer did not stop within {timeout:?} after SIGTERM:\n{}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no drain, no commit.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// The Prometheus text of `/metrics` (empty if not reachable).
+    pub fn metrics(&self) -> String {
+        http_get(&self.metrics_addr, "/metrics").unwrap_or_default()
+    }
+
+    /// Sum of a metric's samples whose line starts with `prefix` (name plus optional labels).
+    pub fn metric_sum(&self, prefix: &str) -> f64 {
+        metric_sum(&self.metrics(), prefix)
+    }
+}
+
+impl Drop for Indexer {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Sum of the samples of lines starting with `prefix`.
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    stream.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
+}
+
+/// Refreshes the indices and counts documents (`None` if the search engine does not answer).
+pub async fn count(search: &Search, indices: &str) -> Option<u64> {
+    let client = search.client();
+    let _ = client
+        .send(
+            elasticsearch::http::Method::Post,
+            &format!("/{indices}/_refresh"),
+            Default::default(),
+            Option::<&()>::None,
+            None::<&str>,
+            Some(Duration::from_secs(10)),
+        )
+        .await;
+    let response = client
+        .send(
+            elasticsearch::http::Method::Get,
+            &format!("/{indices}/_count"),
+            Default::default(),
+            Option::<&()>::None,
+            None::<&str>,
+            Some(Duration::from_secs(10)),
+        )
+        .await
+        .ok()?;
+    let value: serde_json::Value = response.json().await.ok()?;
+    value["count"].as_u64()
+}
+
+/// Waits until the count reaches `expected` (panics on timeout or when it exceeds `expected`).
+pub async fn wait_count(search: &Search, indices: &str, expected: u64, timeout: Duration, indexers: &[&Indexer]) {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        let n = count(search, indices).await;
+        if let Some(n) = n {
+            assert!(n <= expected, "{n} documents for {expected} records: duplicates!");
+            if n == expected {
+                return;
+            }
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = indexers.iter().map(|i| i.log_tail()).collect();
+            panic!("count stayed at {last:?}/{n:?}, expected {expected} within {timeout:?}\n{}", logs.join("\n----\n"));
+        }
+        last = n;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Committed offsets of `group` for every partition of `topic`, and the partitions' end offsets.
+pub async fn offsets(kafka: &Kafka, group: &str, topic: &str) -> (Vec<i64>, Vec<i64>) {
+    let config = kafka.client_config().set("group.id", group).clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create().expect("consumer");
+        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).expect("metadata");
+        let partitions = metadata.topics()[0].partitions().len() as i32;
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = Vec::new();
+        for p in 0..partitions {
+            tpl.add_partition(&topic, p);
+            let (_, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)).expect("watermarks");
+            ends.push(high);
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed");
+        let committed = (0..partitions)
+            .map(|p| match committed.find_partition(&topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => -1,
+            })
+            .collect();
+        (committed, ends)
+    })
+    .await
+    .expect("offsets task")
+}
+
+/// Waits until the group committed every partition's end offset.
+pub async fn wait_committed_to_end(kafka: &Kafka, group: &str, topic: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (committed, ends) = offsets(kafka, group, topic).await;
+        // An empty partition has nothing to commit.
+        if committed.iter().zip(&ends).all(|(&c, &e)| c == e || (e == 0 && c < 0)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "offsets not committed to the end: committed {committed:?}, end {ends:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Reads every record of `topic` (from the beginning) until `expected` were seen or `timeout`.
+pub async fn read_all(
+    kafka: &Kafka,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    let config = kafka
+        .client_config()
+        .set("group.id", unique_name("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create().expect("consumer");
+        consumer.subscribe(&[&topic]).expect("subscribe");
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < expected && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                out.push(m.detach());
+            }
+        }
+        out
+    })
+    .await
+    .expect("reader task")
+}
