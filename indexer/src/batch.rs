@@ -284,10 +284,15 @@ impl Batcher {
             return None;
         }
         self.started = None;
+        // The next batch starts with the capacities this one needed: growing a buffer by doubling
+        // copies it each time (the body, and the side buffer and items).
         let cap = self.limits.max_bytes.min(self.body.capacity());
         let body = std::mem::replace(&mut self.body, Vec::with_capacity(cap));
-        let side = std::mem::take(&mut self.side);
-        Some(Batch { body: Bytes::from(body), items: std::mem::take(&mut self.items), side: Bytes::from(side) })
+        let cap = self.limits.max_bytes.min(self.side.capacity());
+        let side = std::mem::replace(&mut self.side, Vec::with_capacity(cap));
+        let cap = self.limits.max_docs.min(self.items.capacity());
+        let items = std::mem::replace(&mut self.items, Vec::with_capacity(cap));
+        Some(Batch { body: Bytes::from(body), items, side: Bytes::from(side) })
     }
 }
 

@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use elasticsearch::http::Method;
@@ -214,11 +214,15 @@ fn top_error(body: &[u8]) -> (String, String) {
 }
 
 /// Bytes and batches between the consumer and Elasticsearch, shared with the consumer thread,
-/// which pauses its partitions when they exceed the configured bounds.
+/// which stops reading (and after `kafka.pause_after` pauses its partitions) when they exceed the
+/// configured bounds.
 #[derive(Debug, Default)]
 pub struct Backlog {
     bytes: AtomicUsize,
-    waiting: AtomicUsize,
+    queued: AtomicUsize,
+    /// Wakes the consumer thread waiting in [`Backlog::wait_progress`].
+    progress: Mutex<()>,
+    progressed: Condvar,
 }
 
 impl Backlog {
@@ -227,29 +231,44 @@ impl Backlog {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// Batches ready to go that wait because the concurrency limit is reached.
-    pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
+    /// Batches dispatched by the consumer that have no concurrency slot yet (queued for the
+    /// dispatcher or waiting for a slot).
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 
-    /// Counts a dispatched batch's bytes.
+    /// Counts a dispatched batch: its bytes, and one more batch without a slot.
     pub fn add(&self, bytes: usize) {
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.queued.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A batch found no free concurrency slot and waits for one.
-    pub fn wait_begin(&self) {
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The waiting batch got its slot (or was dropped).
-    pub fn wait_end(&self) {
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
+    /// A dispatched batch got its concurrency slot (or was dropped before getting one).
+    pub fn started(&self) {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.notify();
     }
 
     /// A batch is done (settled or abandoned).
     pub fn release(&self, bytes: usize) {
         self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.notify();
+    }
+
+    fn notify(&self) {
+        // Taking the lock orders this change before a waiter's check (no lost wake-up).
+        drop(self.progress.lock().expect("backlog lock"));
+        self.progressed.notify_all();
+    }
+
+    /// Blocks until a batch starts or is released, at most `timeout`, unless `done()` (checked
+    /// under the lock) is already true.
+    pub fn wait_progress(&self, timeout: Duration, done: impl Fn(&Self) -> bool) {
+        let guard = self.progress.lock().expect("backlog lock");
+        if done(self) {
+            return;
+        }
+        drop(self.progressed.wait_timeout(guard, timeout).expect("backlog lock"));
     }
 }
 
@@ -291,12 +310,16 @@ impl Drop for Hold<'_> {
 impl Sink {
     /// Delivers a batch until every record is settled or abandoned. `permit` is the concurrency
     /// slot the dispatcher acquired; it is held through retries and backoff (a batch in backoff
-    /// still counts against the limit, so new batches wait and the consumer pauses). `memory` is
-    /// what the batch counts in the [`Backlog`].
+    /// still counts against the limit, so new batches wait and the consumer stops reading, then
+    /// pauses). `memory` is what the batch counts in the [`Backlog`].
     pub async fn deliver(self: Arc<Self>, batch: Batch, mut permit: Permit, memory: usize) {
         let _hold = Hold { backlog: &self.backlog, bytes: memory, metrics: &self.metrics };
-        let (indexable, rejected): (Vec<Item>, Vec<Item>) = batch.items.iter().cloned().partition(Item::is_indexable);
-        if !rejected.is_empty() {
+        // All indexable is the common case: no copy of the items.
+        let first = if batch.items.iter().all(Item::is_indexable) {
+            batch
+        } else {
+            let (indexable, rejected): (Vec<Item>, Vec<Item>) =
+                batch.items.iter().cloned().partition(Item::is_indexable);
             let letters: Vec<(Item, String, String)> = rejected
                 .into_iter()
                 .map(|item| {
@@ -305,11 +328,11 @@ impl Sink {
                 })
                 .collect();
             self.dead_letter(&batch, letters).await;
-        }
-        if indexable.is_empty() {
-            return;
-        }
-        let first = if indexable.len() == batch.items.len() { batch } else { batch.subset(indexable) };
+            if indexable.is_empty() {
+                return;
+            }
+            batch.subset(indexable)
+        };
         let mut work = VecDeque::from([first]);
         let mut backoff = Backoff::new(&self.retry);
         let mut probe = false;
@@ -587,6 +610,36 @@ mod tests {
 
     fn error(kind: &str, reason: &str) -> ItemError {
         ItemError { kind: kind.into(), reason: Some(reason.into()), caused_by: None }
+    }
+
+    #[test]
+    fn backlog_counts_queued_batches_and_wakes_the_consumer() {
+        let backlog = Arc::new(Backlog::default());
+        backlog.add(100);
+        backlog.add(50);
+        assert_eq!((backlog.bytes(), backlog.queued()), (150, 2));
+        // Already done: no wait at all.
+        let started = Instant::now();
+        backlog.wait_progress(Duration::from_secs(10), |b| b.queued() == 2);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // A batch getting its slot wakes the waiter long before the timeout.
+        let waker = {
+            let backlog = backlog.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                backlog.started();
+            })
+        };
+        let started = Instant::now();
+        while backlog.queued() == 2 {
+            backlog.wait_progress(Duration::from_secs(10), |b| b.queued() < 2);
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+        waker.join().unwrap();
+        backlog.started();
+        backlog.release(100);
+        backlog.release(50);
+        assert_eq!((backlog.bytes(), backlog.queued()), (0, 0));
     }
 
     #[test]

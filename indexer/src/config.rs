@@ -103,9 +103,16 @@ pub struct KafkaConfig {
     /// How often the settled prefix of each partition is committed.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
-    /// Bound of librdkafka's prefetch queue per consumer (`queued.max.messages.kbytes`). Pausing
-    /// discards what was prefetched, so much more than one batch only costs refetching.
+    /// Bound of librdkafka's prefetch queue per consumer (`queued.max.messages.kbytes`): the only
+    /// buffer while the pipeline is full and not yet paused. Pausing discards what was prefetched,
+    /// so much more than a batch or two only costs refetching.
     pub prefetch_bytes: ByteSize,
+    /// How long the pipeline may stay full (no concurrency slot freed) before the partitions are
+    /// paused. Meanwhile the consumer only stops reading, and librdkafka's prefetch queue is the
+    /// buffer; pausing discards it, so pausing on every short wait of a saturated pipeline costs
+    /// refetching. Also the longest delay of a rebalance callback.
+    #[serde(with = "humantime_serde")]
+    pub pause_after: Duration,
     /// Extra librdkafka properties (e.g. `security.protocol`, `sasl.*`); values are redacted in logs.
     pub properties: BTreeMap<String, Secret>,
 }
@@ -123,6 +130,7 @@ impl Default for KafkaConfig {
             revoke_timeout: Duration::from_secs(30),
             commit_interval: Duration::from_secs(1),
             prefetch_bytes: ByteSize::mib(8),
+            pause_after: Duration::from_millis(500),
             properties: BTreeMap::new(),
         }
     }
@@ -138,6 +146,7 @@ impl Validate for KafkaConfig {
         p.check(self.session_timeout >= Duration::from_secs(1), "session_timeout", "must be at least 1s");
         p.check(!self.commit_interval.is_zero(), "commit_interval", "must be positive");
         p.check(self.prefetch_bytes.0 >= 1024, "prefetch_bytes", "must be at least 1KiB");
+        p.check(self.pause_after <= Duration::from_secs(10), "pause_after", "must be at most 10s");
         for key in self.properties.keys() {
             const OWNED: [&str; 6] = [
                 "bootstrap.servers",
@@ -333,8 +342,8 @@ pub struct BatchConfig {
     /// Longest wait for a batch to fill.
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
-    /// Memory bound: encoded bytes of batches sent but not settled. When reached, the Kafka
-    /// partitions are paused.
+    /// Memory bound: encoded bytes of batches sent but not settled. When reached, the consumer
+    /// stops reading, and pauses the Kafka partitions after `kafka.pause_after`.
     pub max_in_flight_bytes: ByteSize,
 }
 

@@ -5,9 +5,15 @@
 //!   ([`crate::settle`]), every `kafka.commit_interval` and at revocation.
 //! - Records go straight from librdkafka's buffer into the [`Batcher`] (one copy), and full
 //!   batches to the bulk stage over a channel.
-//! - Back-pressure: when a batch waits for a concurrency permit or the bytes in flight reach
-//!   `batch.max_in_flight_bytes`, every assigned partition is paused (polling continues, so the
-//!   member stays in the group and serves rebalances); they resume when the backlog drains.
+//! - Back-pressure, in two steps. (1) The consumer reads ahead at most [`READ_AHEAD`] batches that
+//!   have no concurrency slot yet, and never past `batch.max_in_flight_bytes`: beyond that it stops
+//!   taking records from librdkafka, whose prefetch queue (bounded by `kafka.prefetch_bytes`) fills
+//!   and stops fetching — the only buffer meanwhile. (2) If that lasts `kafka.pause_after` (no slot
+//!   freed: Elasticsearch slow, down, or pushing back), every assigned partition is paused and
+//!   polling continues, so the member stays in the group and serves rebalances; they resume when
+//!   the backlog drains. Pausing at once on every full pipeline would be wrong for throughput:
+//!   librdkafka discards the prefetched records of a paused partition, and a saturated pipeline
+//!   is full almost all the time, so every slot would cost a refetch.
 //! - Revocation ([`IndexerContext`]): the pending batch is dispatched, the revoked partitions' in-flight
 //!   records get up to `kafka.revoke_timeout` to settle, the settled prefix is committed
 //!   synchronously, then the partitions are released. What did not settle is abandoned: the next
@@ -18,8 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
-use rdkafka::message::{Headers, Message};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -30,6 +36,14 @@ use crate::bulk::Backlog;
 use crate::config::IndexerConfig;
 use crate::metrics::Metrics;
 use crate::settle::Tracker;
+
+/// Batches without a concurrency slot the consumer may have dispatched before it stops reading:
+/// one waiting for the next slot, one behind it, so Elasticsearch never waits for the consumer.
+pub const READ_AHEAD: usize = 2;
+
+/// Records taken from librdkafka's queue in one go (without waiting) before the loop's
+/// housekeeping (linger, commits, back-pressure) runs again.
+const BURST: usize = 512;
 
 /// A batch handed to the bulk stage, with the bytes it counts in the [`Backlog`].
 #[derive(Debug)]
@@ -51,6 +65,7 @@ pub struct Shared {
     tx: mpsc::UnboundedSender<Dispatched>,
     revoke_timeout: Duration,
     max_in_flight_bytes: usize,
+    pause_after: Duration,
     paused: AtomicBool,
 }
 
@@ -73,6 +88,7 @@ impl Shared {
             tx,
             revoke_timeout: config.kafka.revoke_timeout,
             max_in_flight_bytes: config.batch.max_in_flight_bytes.as_usize(),
+            pause_after: config.kafka.pause_after,
             paused: AtomicBool::new(false),
         }
     }
@@ -86,7 +102,43 @@ impl Shared {
         self.metrics.in_flight_bytes.set(self.backlog.bytes() as i64);
         if self.tx.send(Dispatched { batch, memory }).is_err() {
             // The bulk stage is gone (shutdown): the records stay unsettled and uncommitted.
+            self.backlog.started();
             self.backlog.release(memory);
+        }
+    }
+
+    /// Adds a record to the pending batch; dispatches the batches it completes.
+    fn take(&self, message: &BorrowedMessage<'_>, out: &mut Vec<Batch>) {
+        // The header pairs are walked twice (dead-letter copy, contract check): read them from
+        // librdkafka once.
+        const STACK: usize = 8;
+        let headers = message.headers();
+        let count = headers.map_or(0, |h| h.count());
+        let pair = |i| {
+            let h = headers.expect("count > 0 means headers").get(i);
+            (h.key, h.value)
+        };
+        let mut stack: [(&str, Option<&[u8]>); STACK] = [("", None); STACK];
+        let heap: Vec<(&str, Option<&[u8]>)>;
+        let pairs = if count <= STACK {
+            for (i, slot) in stack.iter_mut().enumerate().take(count) {
+                *slot = pair(i);
+            }
+            &stack[..count]
+        } else {
+            heap = (0..count).map(pair).collect();
+            &heap[..]
+        };
+        let record = RecordRef {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key(),
+            payload: message.payload(),
+            headers: pairs.iter().copied(),
+        };
+        self.batcher.lock().expect("batcher lock").push(record, out);
+        for batch in out.drain(..) {
+            self.dispatch(batch);
         }
     }
 
@@ -132,16 +184,19 @@ impl Shared {
         }
     }
 
-    /// Pauses or resumes the assignment according to the backlog.
-    fn apply_backpressure<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
-        let bytes = self.backlog.bytes();
-        let waiting = self.backlog.waiting();
+    /// Whether the consumer must not take more records: [`READ_AHEAD`] batches wait for a slot,
+    /// or the bytes in flight reached `batch.max_in_flight_bytes`.
+    fn full(backlog: &Backlog, max_in_flight_bytes: usize) -> bool {
+        backlog.queued() >= READ_AHEAD || backlog.bytes() >= max_in_flight_bytes
+    }
+
+    /// Pauses the assignment when the pipeline has been full for `kafka.pause_after` (`full_for`);
+    /// resumes it once the pipeline has room again and the bytes in flight fell below ¾ of the bound.
+    fn apply_backpressure<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, full_for: Option<Duration>) {
         let paused = self.paused.load(Ordering::Relaxed);
-        let over = waiting >= 1 || bytes >= self.max_in_flight_bytes;
-        let under = waiting == 0 && bytes < self.max_in_flight_bytes / 4 * 3;
-        if !paused && over {
+        if !paused && full_for.is_some_and(|d| d >= self.pause_after) {
             self.set_paused(consumer, true);
-        } else if paused && under {
+        } else if paused && full_for.is_none() && self.backlog.bytes() < self.max_in_flight_bytes / 4 * 3 {
             self.set_paused(consumer, false);
         }
     }
@@ -367,37 +422,65 @@ pub fn run(
     let mut last_commit = Instant::now();
     let mut out = Vec::new();
     let mut last_error: Option<Instant> = None;
+    let mut full_since: Option<Instant> = None;
+    let max_bytes = shared.max_in_flight_bytes;
     while !shutdown.is_cancelled() {
-        shared.apply_backpressure(&consumer);
+        let full = Shared::full(&shared.backlog, max_bytes);
+        let full_for = if full {
+            let now = Instant::now();
+            Some(now - *full_since.get_or_insert(now))
+        } else {
+            full_since = None;
+            None
+        };
+        shared.apply_backpressure(&consumer, full_for);
+        if let Some(full_for) = full_for
+            && full_for < shared.pause_after
+            && !shared.paused.load(Ordering::Relaxed)
+        {
+            // Not reading: librdkafka's prefetch queue (kafka.prefetch_bytes) is the buffer until
+            // a slot frees, or for kafka.pause_after at most (then the partitions are paused and
+            // polling resumes, serving rebalances).
+            let wait = (shared.pause_after - full_for).min(Duration::from_millis(50));
+            shared.backlog.wait_progress(wait, |b| !Shared::full(b, max_bytes));
+            if last_commit.elapsed() >= commit_interval {
+                shared.commit(&consumer, None, CommitMode::Async);
+                last_commit = Instant::now();
+            }
+            continue;
+        }
         let deadline = shared.batcher.lock().expect("batcher lock").deadline();
         // While paused, poll briefly so that reading resumes as soon as a slot frees.
         let max_wait =
             if shared.paused.load(Ordering::Relaxed) { Duration::from_millis(5) } else { Duration::from_millis(100) };
         let timeout = deadline.map_or(max_wait, |d| d.saturating_duration_since(Instant::now())).min(max_wait);
-        match consumer.poll(timeout) {
-            Some(Ok(message)) => {
-                let headers = message.headers();
-                let pairs = (0..headers.map_or(0, |h| h.count())).map(|i| {
-                    let h = headers.expect("count > 0 means headers").get(i);
-                    (h.key, h.value)
-                });
-                let record = RecordRef {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    key: message.key(),
-                    payload: message.payload(),
-                    headers: pairs,
-                };
-                shared.batcher.lock().expect("batcher lock").push(record, &mut out);
-                for batch in out.drain(..) {
-                    shared.dispatch(batch);
-                }
-            }
-            Some(Err(err)) if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) => {
+        let mut report = |err: KafkaError| {
+            if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                 tracing::warn!(error = %err, "Kafka consumer error (repeats are logged every 10 s)");
                 last_error = Some(Instant::now());
             }
-            Some(Err(_)) | None => {}
+        };
+        match consumer.poll(timeout) {
+            Some(Ok(message)) => {
+                shared.take(&message, &mut out);
+                // Take what librdkafka has ready without waiting (no clock reads, no timers), up to
+                // a burst, while the pipeline has room; the housekeeping below runs once per burst.
+                for _ in 1..BURST {
+                    if Shared::full(&shared.backlog, max_bytes) {
+                        break;
+                    }
+                    match consumer.poll(Duration::ZERO) {
+                        Some(Ok(message)) => shared.take(&message, &mut out),
+                        Some(Err(err)) => {
+                            report(err);
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            Some(Err(err)) => report(err),
+            None => {}
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             shared.flush();

@@ -332,7 +332,36 @@ impl NodePool {
         outcome
     }
 
-    /// Sends a JSON request (helper for management calls).
+    /// Like [`NodePool::send`], but when a node gives no answer (refused, reset, timeout) or a
+    /// 502–504, the request goes to the next node, once per configured node. For management calls
+    /// (detection, template, retention), which have no retry loop of their own: without this, a
+    /// dead first node in `elasticsearch.urls` makes `setup` fail although another node is up.
+    /// `_bulk` uses [`NodePool::send`]: its retries with backoff live in [`crate::bulk`].
+    pub async fn send_failover(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Bytes>,
+        content_type: Option<&'static str>,
+        timeout: Option<Duration>,
+    ) -> Result<Reply, RequestError> {
+        let mut attempts = self.nodes.len();
+        loop {
+            attempts -= 1;
+            let result = self.send(method, path, query, body.clone(), content_type, timeout).await;
+            let failed_over = match &result {
+                Ok(reply) => matches!(reply.status, 502..=504),
+                Err(RequestError::NoNode { .. }) => false,
+                Err(_) => true,
+            };
+            if !failed_over || attempts == 0 {
+                return result;
+            }
+        }
+    }
+
+    /// Sends a JSON request (helper for management calls; fails over like [`NodePool::send_failover`]).
     pub async fn json(
         &self,
         method: Method,
@@ -340,16 +369,19 @@ impl NodePool {
         body: Option<&serde_json::Value>,
     ) -> Result<Reply, RequestError> {
         let body = body.map(|b| Bytes::from(serde_json::to_vec(b).expect("JSON value serialises")));
-        self.send(method, path, &[], body, Some("application/json"), None).await
+        self.send_failover(method, path, &[], body, Some("application/json"), None).await
     }
 
     /// Detects Elasticsearch vs OpenSearch with `GET _nodes/_local` (exists in both; `GET /` does not
     /// exist in the integ-test distribution): Elasticsearch 8 answers with `X-elastic-product`.
     pub async fn detect(&self) -> Result<Distribution, DetectError> {
         let reply = self
-            .send(Method::Get, "/_nodes/_local", &[("filter_path", "nodes.*.version")], None, None, None)
+            .send_failover(Method::Get, "/_nodes/_local", &[("filter_path", "nodes.*.version")], None, None, None)
             .await
             .map_err(DetectError::Request)?;
+        if reply.status == 401 || reply.status == 403 {
+            return Err(DetectError::Refused(reply.status, error_reason(&reply.body)));
+        }
         if reply.status != 200 {
             return Err(DetectError::Status(reply.status, String::from_utf8_lossy(&reply.body).into_owned()));
         }
@@ -371,9 +403,23 @@ pub enum DetectError {
     /// No response.
     #[error(transparent)]
     Request(RequestError),
+    /// Credentials refused (401) or not allowed (403).
+    #[error(
+        "Elasticsearch refused the credentials (HTTP {0}): {1}; check elasticsearch.auth (username/password or \
+         api_key) or the user:password in elasticsearch.urls"
+    )]
+    Refused(u16, String),
     /// An unexpected response.
     #[error("unexpected response {0}: {1}")]
     Status(u16, String),
+}
+
+/// `error.reason` of an Elasticsearch error body, or the start of the body.
+fn error_reason(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["reason"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(300).collect())
 }
 
 fn classify_error(node: &str, error: &elasticsearch::Error) -> RequestError {
@@ -385,8 +431,12 @@ fn classify_error(node: &str, error: &elasticsearch::Error) -> RequestError {
         let mut message = error.to_string();
         let mut source = std::error::Error::source(error);
         while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
+            // Some errors repeat their source in their own message: say each part once.
+            let text = s.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
             source = s.source();
         }
         RequestError::Transport { node: node.to_owned(), message }
@@ -506,6 +556,21 @@ mod tests {
         assert!(matches!(err, RequestError::Transport { .. }), "{err:?}");
         assert_eq!(pool.node_states(), vec![("http://127.0.0.1:9".to_owned(), false)]);
         assert!(matches!(pool.send(Method::Get, "/", &[], None, None, None).await, Err(RequestError::NoNode { .. })));
+    }
+
+    #[tokio::test]
+    async fn management_requests_fail_over_to_the_next_node() {
+        let config = ElasticsearchConfig {
+            urls: vec!["http://127.0.0.1:9".into(), "http://127.0.0.1:7".into()],
+            ..ElasticsearchConfig::default()
+        };
+        let pool = NodePool::new(&config).unwrap();
+        let err = pool.send_failover(Method::Get, "/_cluster/health", &[], None, None, None).await.unwrap_err();
+        assert!(matches!(err, RequestError::Transport { ref node, .. } if node == "http://127.0.0.1:7"), "{err:?}");
+        // Both nodes were tried once: each breaker counted one failure.
+        for node in &pool.nodes {
+            assert_eq!(node.breaker.lock().unwrap().failures, 1);
+        }
     }
 
     #[test]

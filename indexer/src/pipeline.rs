@@ -184,19 +184,16 @@ async fn run_pipeline(
             _ = consumer_done.cancelled() => None,
         };
         let Some(dispatched) = dispatched else { break };
-        // The limit is reached: this batch waits, and the consumer pauses its partitions.
+        // When the limit is reached this batch waits; the consumer reads one batch ahead, then
+        // stops reading, and pauses its partitions when the wait lasts (`consume::run`).
         let permit = match limiter.try_acquire() {
             Some(permit) => Some(permit),
-            None => {
-                backlog.wait_begin();
-                let permit = tokio::select! {
-                    p = limiter.acquire() => Some(p),
-                    _ = consumer_done.cancelled() => None,
-                };
-                backlog.wait_end();
-                permit
-            }
+            None => tokio::select! {
+                p = limiter.acquire() => Some(p),
+                _ = consumer_done.cancelled() => None,
+            },
         };
+        backlog.started();
         match permit {
             Some(permit) => {
                 tasks.spawn(sink.clone().deliver(dispatched.batch, permit, dispatched.memory));

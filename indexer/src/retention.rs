@@ -49,7 +49,14 @@ pub async fn sweep(
 ) -> Result<Vec<String>, RetentionError> {
     let path = format!("/_cat/indices/{}", pattern.wildcard());
     let reply = pool
-        .send(Method::Get, &path, &[("format", "json"), ("h", "index"), ("expand_wildcards", "all")], None, None, None)
+        .send_failover(
+            Method::Get,
+            &path,
+            &[("format", "json"), ("h", "index"), ("expand_wildcards", "all")],
+            None,
+            None,
+            None,
+        )
         .await?;
     if reply.status != 200 {
         return Err(RetentionError::Response(format!("GET {path}: HTTP {}", reply.status)));
@@ -59,7 +66,7 @@ pub async fn sweep(
     let names: Vec<&str> = rows.iter().filter_map(|r| r["index"].as_str()).collect();
     let doomed = expired(names, pattern, days, today);
     for index in &doomed {
-        let reply = pool.send(Method::Delete, &format!("/{index}"), &[], None, None, None).await?;
+        let reply = pool.send_failover(Method::Delete, &format!("/{index}"), &[], None, None, None).await?;
         if reply.status != 200 && reply.status != 404 {
             return Err(RetentionError::Response(format!("DELETE {index}: HTTP {}", reply.status)));
         }

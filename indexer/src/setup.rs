@@ -17,8 +17,9 @@ use crate::template::{self, TemplateError};
 /// Why setup failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    /// Kafka admin client error.
-    #[error("Kafka: {0}")]
+    /// Kafka admin client error. (The messages of wrapped errors do not repeat their source:
+    /// `{:#}` prints the chain.)
+    #[error("Kafka admin client")]
     Kafka(#[from] KafkaError),
     /// A topic could not be created.
     #[error("cannot create topic {topic}: {code}")]
@@ -32,7 +33,7 @@ pub enum SetupError {
     #[error(transparent)]
     Build(#[from] BuildError),
     /// Elasticsearch could not be reached.
-    #[error("cannot reach Elasticsearch: {0}")]
+    #[error("cannot reach Elasticsearch")]
     Detect(#[from] DetectError),
     /// The template was refused.
     #[error(transparent)]

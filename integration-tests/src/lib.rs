@@ -8,6 +8,8 @@
 //!   and removed when the handle drops.
 //! - [`kafka_dedicated`] / [`search_dedicated`]: always a private container, for fault tests that
 //!   stop, restart or reconfigure the service.
+//! - [`search_secured`]: a private Elasticsearch with security on (HTTPS with a generated CA, a
+//!   file-realm user); [`search_cluster`]: private Elasticsearch nodes forming one cluster.
 //! - [`unique_name`]: topic, group and index names that never collide between tests or runs.
 //!
 //! Containers use host networking (no bridge network is allowed here), so every container gets
@@ -18,7 +20,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use elasticsearch::Elasticsearch;
-use elasticsearch::http::transport::Transport;
+use elasticsearch::auth::Credentials;
+use elasticsearch::cert::{Certificate, CertificateValidation};
+use elasticsearch::http::Url;
+use elasticsearch::http::transport::{SingleNodeConnectionPool, Transport, TransportBuilder};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -185,17 +190,21 @@ pub enum Flavor {
 
 /// An Elasticsearch or OpenSearch node for a test.
 pub struct Search {
-    /// Base URL, `http://127.0.0.1:<port>`.
+    /// Base URL, `http://127.0.0.1:<port>` (`https://` for [`search_secured`]).
     pub url: String,
     /// Which engine runs there.
     pub flavor: Flavor,
+    /// Basic-auth user and password ([`search_secured`]).
+    pub credentials: Option<(String, String)>,
+    /// The CA certificate (PEM) that signed the node's HTTPS certificate ([`search_secured`]).
+    pub ca_pem: Option<Vec<u8>>,
     container: Option<ContainerAsync<GenericImage>>,
 }
 
 impl Search {
-    /// An `elasticsearch` crate client for this node.
+    /// An `elasticsearch` crate client for this node (with its credentials and CA, if any).
     pub fn client(&self) -> Elasticsearch {
-        Elasticsearch::new(Transport::single_node(&self.url).expect("transport"))
+        client(&self.url, self.credentials.as_ref(), self.ca_pem.as_deref())
     }
 
     /// A GET returning the JSON body, for assertions (`/_count`, `/_cat/indices?format=json`, …).
@@ -203,16 +212,58 @@ impl Search {
         get_json(&self.client(), path).await.unwrap_or_else(|| panic!("GET {}{path} failed", self.url))
     }
 
+    /// Sends a request with an optional JSON body; returns the status and the JSON answer
+    /// (`Null` if it is not JSON). Panics when there is no HTTP response.
+    pub async fn request(
+        &self,
+        method: elasticsearch::http::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let response = self
+            .client()
+            .send(
+                method,
+                path,
+                Default::default(),
+                Option::<&()>::None,
+                body.map(elasticsearch::http::request::JsonBody::new),
+                Some(Duration::from_secs(30)),
+            )
+            .await
+            .unwrap_or_else(|err| panic!("{method:?} {}{path}: {err}", self.url));
+        let status = response.status_code().as_u16();
+        (status, response.json().await.unwrap_or_default())
+    }
+
     /// Stops the node container (fault tests). Panics for the shared node.
     pub async fn stop(&self) {
         self.container.as_ref().expect("stop() needs search_dedicated()").stop().await.expect("stop search");
     }
 
+    /// Kills the node container at once (SIGKILL: no graceful shutdown). Panics for the shared node.
+    pub async fn kill(&self) {
+        let container = self.container.as_ref().expect("kill() needs a dedicated container");
+        container.stop_with_timeout(Some(0)).await.expect("kill search");
+    }
+
     /// Starts the node container again after [`Search::stop`] and waits for green/yellow health.
     pub async fn start(&self) {
         self.container.as_ref().expect("start() needs search_dedicated()").start().await.expect("start search");
-        wait_for_search(&self.url, Duration::from_secs(120)).await;
+        wait_for_client(&self.client(), &self.url, Duration::from_secs(120)).await;
     }
+}
+
+fn client(url: &str, credentials: Option<&(String, String)>, ca_pem: Option<&[u8]>) -> Elasticsearch {
+    let pool = SingleNodeConnectionPool::new(Url::parse(url).expect("search URL"));
+    let mut builder = TransportBuilder::new(pool).enable_meta_header(false);
+    if let Some((user, password)) = credentials {
+        builder = builder.auth(Credentials::Basic(user.clone(), password.clone()));
+    }
+    if let Some(pem) = ca_pem {
+        builder = builder.cert_validation(CertificateValidation::Full(Certificate::from_pem(pem).expect("CA PEM")));
+    }
+    Elasticsearch::new(builder.build().expect("transport"))
 }
 
 /// The shared Elasticsearch of this run (`ELASTICSEARCH_URL`) or, without it, a private container.
@@ -221,7 +272,7 @@ pub async fn elasticsearch() -> Search {
         Ok(url) if !url.is_empty() => {
             let url = url.trim_end_matches('/').to_owned();
             let flavor = wait_for_search(&url, Duration::from_secs(60)).await;
-            Search { url, flavor, container: None }
+            Search { url, flavor, credentials: None, ca_pem: None, container: None }
         }
         _ => search_dedicated(Flavor::Elasticsearch, &[]).await,
     }
@@ -253,19 +304,123 @@ pub async fn search_dedicated(flavor: Flavor, settings: &[(&str, &str)]) -> Sear
     let url = format!("http://127.0.0.1:{http}");
     let seen = wait_for_search(&url, Duration::from_secs(120)).await;
     assert_eq!(seen, flavor, "the image at {url} is not {flavor:?}");
-    Search { url, flavor, container: Some(container) }
+    Search { url, flavor, credentials: None, ca_pem: None, container: Some(container) }
+}
+
+/// Where `sluice/elasticsearch` writes the CA of its generated HTTPS certificate (`SLUICE_ES_TLS`).
+pub const SECURED_CA_PATH: &str = "/usr/share/elasticsearch/config/certs/ca.crt";
+
+/// A private single-node Elasticsearch with security on: HTTPS on `https://127.0.0.1:<port>` with a
+/// certificate for `localhost` / `127.0.0.1` signed by a CA made at start (`elasticsearch-certutil`),
+/// and a file-realm superuser `user` / `password` (`elasticsearch-users useradd`, at least 6
+/// characters). The returned handle carries the credentials and the CA PEM ([`Search::ca_pem`]).
+pub async fn search_secured(user: &str, password: &str) -> Search {
+    assert!(docker_available(), "{HOW_TO_START}");
+    let (http, transport) = (free_port(), free_port());
+    let (name, tag) = search_image(Flavor::Elasticsearch);
+    let container = GenericImage::new(name, tag)
+        .with_wait_for(WaitFor::message_on_stdout(SEARCH_STARTED))
+        .with_network("host")
+        .with_label("sluice.test", "1")
+        .with_env_var("http.port", http.to_string())
+        .with_env_var("transport.port", transport.to_string())
+        .with_env_var("ES_JAVA_OPTS", "-Xms512m -Xmx512m")
+        .with_env_var("SLUICE_ES_TLS", "true")
+        .with_env_var("SLUICE_ES_USER", user)
+        .with_env_var("SLUICE_ES_PASSWORD", password)
+        .with_startup_timeout(Duration::from_secs(240))
+        .start()
+        .await
+        .unwrap_or_else(|err| panic!("cannot start a secured Elasticsearch container: {err}\n{HOW_TO_START}"));
+    let ca_pem = container.copy_file_from(SECURED_CA_PATH, Vec::<u8>::new()).await.expect("copy the CA out");
+    let url = format!("https://127.0.0.1:{http}");
+    let credentials = Some((user.to_owned(), password.to_owned()));
+    wait_for_client(&client(&url, credentials.as_ref(), Some(&ca_pem)), &url, Duration::from_secs(120)).await;
+    Search { url, flavor: Flavor::Elasticsearch, credentials, ca_pem: Some(ca_pem), container: Some(container) }
+}
+
+/// `nodes` private Elasticsearch containers forming one cluster (own `cluster.name`, seed hosts on
+/// their transport ports). Only the first node is master-eligible, so any other node can be
+/// stopped or killed without the cluster losing its master. Waits until all nodes joined.
+pub async fn search_cluster(nodes: usize) -> Vec<Search> {
+    assert!(docker_available(), "{HOW_TO_START}");
+    assert!(nodes >= 2, "a cluster has at least two nodes");
+    let ports: Vec<(u16, u16)> = (0..nodes).map(|_| (free_port(), free_port())).collect();
+    let cluster = unique_name("sluice-it-cluster");
+    let seeds = ports.iter().map(|(_, t)| format!("127.0.0.1:{t}")).collect::<Vec<_>>().join(",");
+    let (name, tag) = search_image(Flavor::Elasticsearch);
+    let starts = ports.iter().enumerate().map(|(i, (http, transport))| {
+        let node_name = format!("{cluster}-{i}");
+        let mut request = GenericImage::new(name.clone(), tag.clone())
+            .with_wait_for(WaitFor::message_on_stdout(SEARCH_STARTED))
+            .with_network("host")
+            .with_label("sluice.test", "1")
+            .with_env_var("cluster.name", cluster.clone())
+            .with_env_var("node.name", node_name)
+            .with_env_var("http.port", http.to_string())
+            .with_env_var("transport.port", transport.to_string())
+            .with_env_var("discovery.seed_hosts", seeds.clone())
+            .with_env_var("ES_JAVA_OPTS", "-Xms512m -Xmx512m")
+            .with_startup_timeout(Duration::from_secs(240));
+        request = if i == 0 {
+            request.with_env_var("cluster.initial_master_nodes", format!("{cluster}-0"))
+        } else {
+            request.with_env_var("node.roles", "data,ingest")
+        };
+        request.start()
+    });
+    let containers = futures_join_all(starts).await;
+    let mut out = Vec::new();
+    for ((http, _), container) in ports.iter().zip(containers) {
+        let container = container.unwrap_or_else(|err| panic!("cannot start a cluster node: {err}\n{HOW_TO_START}"));
+        let url = format!("http://127.0.0.1:{http}");
+        out.push(Search {
+            url,
+            flavor: Flavor::Elasticsearch,
+            credentials: None,
+            ca_pem: None,
+            container: Some(container),
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let health = get_json(&out[0].client(), "/_cluster/health").await;
+        if health.as_ref().and_then(|h| h["number_of_nodes"].as_u64()) == Some(nodes as u64) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the {nodes} nodes did not form a cluster: {health:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    out
+}
+
+/// Awaits all futures concurrently, results in order (no `futures` dependency needed).
+async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.expect("task"));
+    }
+    out
 }
 
 /// Waits for `_cluster/health` green or yellow; tells Elasticsearch from OpenSearch by the
 /// `_nodes/_local` answer (`GET /` is missing in the integration-test distributions).
 async fn wait_for_search(url: &str, timeout: Duration) -> Flavor {
-    let client = Elasticsearch::new(Transport::single_node(url).expect("transport"));
+    wait_for_client(&Elasticsearch::new(Transport::single_node(url).expect("transport")), url, timeout).await
+}
+
+async fn wait_for_client(client: &Elasticsearch, url: &str, timeout: Duration) -> Flavor {
     let deadline = Instant::now() + timeout;
     loop {
-        let health = get_json(&client, "/_cluster/health").await;
+        let health = get_json(client, "/_cluster/health").await;
         if let Some(status) = health.as_ref().and_then(|h| h["status"].as_str()) {
             if status == "green" || status == "yellow" {
-                let nodes = get_json(&client, "/_nodes/_local/settings").await.unwrap_or_default();
+                let nodes = get_json(client, "/_nodes/_local/settings").await.unwrap_or_default();
                 let is_opensearch = nodes.to_string().contains("opensearch");
                 return if is_opensearch { Flavor::OpenSearch } else { Flavor::Elasticsearch };
             }

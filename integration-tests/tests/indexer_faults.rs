@@ -43,6 +43,13 @@ async fn elasticsearch_stopped_for_30s_mid_stream_loses_and_duplicates_nothing()
     assert!(indexed_during.abs() < 1.0, "{indexed_during} documents indexed while Elasticsearch was stopped");
     assert!(lag > 0.0, "lag should grow while Elasticsearch is down:\n{}", indexer.metrics());
     assert!(indexer.metric_sum("sluice_indexer_node_up{") < 1.0, "breaker should be open:\n{}", indexer.metrics());
+    // Back-pressure for real: the pipeline stayed full past kafka.pause_after, so reading stopped
+    // and the partitions are paused (not buffered).
+    assert!(
+        indexer.metric_sum("sluice_indexer_paused_partitions") > 0.0,
+        "partitions should be paused while Elasticsearch is down:\n{}",
+        indexer.metrics()
+    );
 
     search.start().await;
     produce(&producer, &names.topic, &all[20_000..]).await;

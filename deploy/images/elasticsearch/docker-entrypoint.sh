@@ -15,6 +15,13 @@
 # discovery.type, discovery.seed_hosts, discovery.seed_providers, cluster.initial_master_nodes,
 # cluster.initial_cluster_manager_nodes is given.
 #
+# Security (Elasticsearch only; for tests of TLS and basic auth):
+#   - SLUICE_ES_USER + SLUICE_ES_PASSWORD: a file-realm superuser (bin/elasticsearch-users useradd);
+#   - SLUICE_ES_TLS=true: HTTPS with a certificate for localhost / 127.0.0.1 signed by a CA made at
+#     the first start with bin/elasticsearch-certutil (PKCS#12 in config/certs/); the CA certificate
+#     in PEM is config/certs/ca.crt, for clients (`docker cp`);
+#   either one turns xpack.security.enabled on (unless it is set explicitly). Both survive a restart.
+#
 # `docker run IMAGE` starts the server; `docker run IMAGE some-command` runs that command.
 set -euo pipefail
 
@@ -69,6 +76,30 @@ default_setting http.port 9200
 default_setting transport.port 9300
 default_setting cluster.routing.allocation.disk.threshold_enabled false
 if [[ $product == elasticsearch ]]; then
+  tools_env=(env -u JAVA_HOME "ES_JAVA_HOME=${ES_JAVA_HOME:-${JAVA_HOME:-/usr/lib/jvm/java-17}}")
+  if [[ ${SLUICE_ES_TLS:-false} == true ]]; then
+    certs=$home/config/certs
+    if [[ ! -f $certs/http.p12 ]]; then
+      mkdir -p "$certs"
+      "${tools_env[@]}" "$home/bin/elasticsearch-certutil" ca --silent --out "$certs/ca.p12" --pass ""
+      "${tools_env[@]}" "$home/bin/elasticsearch-certutil" cert --silent --ca "$certs/ca.p12" --ca-pass "" \
+        --dns localhost --ip 127.0.0.1 --out "$certs/http.p12" --pass ""
+      keytool -exportcert -rfc -keystore "$certs/ca.p12" -storetype PKCS12 -storepass "" -alias ca \
+        -file "$certs/ca.crt" >/dev/null
+      chmod 644 "$certs/ca.crt"
+    fi
+    default_setting xpack.security.enabled true
+    default_setting xpack.security.http.ssl.enabled true
+    default_setting xpack.security.http.ssl.keystore.path certs/http.p12
+  fi
+  if [[ -n ${SLUICE_ES_USER:-} ]]; then
+    if ! grep -q "^${SLUICE_ES_USER}:" "$home/config/users" 2>/dev/null; then
+      "${tools_env[@]}" "$home/bin/elasticsearch-users" useradd "$SLUICE_ES_USER" \
+        -p "${SLUICE_ES_PASSWORD:?SLUICE_ES_PASSWORD is required with SLUICE_ES_USER}" -r superuser
+    fi
+    default_setting xpack.security.enabled true
+  fi
+  unset SLUICE_ES_PASSWORD
   default_setting xpack.security.enabled false
 fi
 multi_node=false
@@ -92,7 +123,9 @@ http_host=${settings[http.host]:-${settings[network.host]}}
 case $http_host in
   0.0.0.0 | _local_ | _site_ | "[::]" | localhost) http_host=127.0.0.1 ;;
 esac
-echo "http://$http_host:${settings[http.port]%%-*}" >/tmp/search-http-url 2>/dev/null || true
+scheme=http
+[[ ${settings[xpack.security.http.ssl.enabled]:-false} == true ]] && scheme=https
+echo "$scheme://$http_host:${settings[http.port]%%-*}" >/tmp/search-http-url 2>/dev/null || true
 
 args=()
 for key in "${order[@]}"; do

@@ -173,14 +173,19 @@ pub fn set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
 
 /// Runs `sluice-indexer setup` and asserts success.
 pub fn setup(env: &[(String, String)]) {
-    let output = Command::new(indexer_binary())
+    let output = setup_output(env);
+    assert!(output.status.success(), "setup failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Runs `sluice-indexer setup` and returns its exit status and output, whatever they are.
+pub fn setup_output(env: &[(String, String)]) -> std::process::Output {
+    Command::new(indexer_binary())
         .arg("setup")
         .env_clear()
         .envs(env.iter().cloned())
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .output()
-        .expect("run sluice-indexer setup");
-    assert!(output.status.success(), "setup failed: {}", String::from_utf8_lossy(&output.stderr));
+        .expect("run sluice-indexer setup")
 }
 
 /// A running `sluice-indexer` process; killed when dropped.
@@ -214,6 +219,11 @@ impl Indexer {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The whole process log.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The tail of the process log (for assertion messages).
@@ -258,6 +268,19 @@ impl Indexer {
     /// Sum of a metric's samples whose line starts with `prefix` (name plus optional labels).
     pub fn metric_sum(&self, prefix: &str) -> f64 {
         metric_sum(&self.metrics(), prefix)
+    }
+
+    /// Waits until `metric_sum(prefix)` satisfies `ok` (panics with the log tail after `timeout`).
+    pub async fn wait_metric(&self, prefix: &str, timeout: Duration, ok: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let value = self.metric_sum(prefix);
+            if ok(value) {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "{prefix} stayed at {value} for {timeout:?}:\n{}", self.log_tail());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
