@@ -193,11 +193,16 @@ async fn sigkill_of_one_replica_loses_and_duplicates_nothing() {
     setup(&env);
     let total = 60_000;
     let records = records(total, 1, 48, "kill");
-    let producer = producer(&kafka);
-    produce(&producer, &names.topic, &records).await;
 
     let mut a = Indexer::spawn(&env, "it-idx-kill-a");
     let mut b = Indexer::spawn(&env, "it-idx-kill-b");
+    // Both replicas must own partitions before the records arrive; otherwise the first one to join
+    // can drain everything before the group rebalances and the kill would prove nothing.
+    for indexer in [&a, &b] {
+        indexer.wait_metric("sluice_indexer_assigned_partitions", Duration::from_secs(90), |n| n > 0.0).await;
+    }
+    let producer = producer(&kafka);
+    produce(&producer, &names.topic, &records).await;
     // Wait until both are busy, then kill one without warning.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
