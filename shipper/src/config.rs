@@ -8,8 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use sluice_common::config::{MetricsConfig, Problems, Validate, validate_host_ports};
-use sluice_common::schema::DEFAULT_TOPIC;
+use sluice_common::config::{MetricsConfig, Problems, Validate};
 
 /// Where records go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -416,46 +415,8 @@ impl Validate for CheckpointConfig {
     }
 }
 
-/// `kafka.*`: the producer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaConfig {
-    /// Bootstrap brokers, `host:port`.
-    pub brokers: Vec<String>,
-    /// Topic records are published to.
-    pub topic: String,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        KafkaConfig { brokers: vec!["127.0.0.1:9092".into()], topic: DEFAULT_TOPIC.into() }
-    }
-}
-
-impl Validate for KafkaConfig {
-    fn validate(&self, p: &mut Problems) {
-        validate_host_ports(p, "brokers", &self.brokers);
-        p.check(!self.topic.is_empty(), "topic", "must not be empty");
-    }
-}
-
-/// `kubernetes.*`: the pod watch used for enrichment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KubernetesConfig {
-    /// Watch pods on this node for metadata; `false` takes metadata from paths only.
-    pub enabled: bool,
-}
-
-impl Default for KubernetesConfig {
-    fn default() -> Self {
-        KubernetesConfig { enabled: true }
-    }
-}
-
-impl Validate for KubernetesConfig {
-    fn validate(&self, _: &mut Problems) {}
-}
+pub use crate::enrich::KubernetesConfig;
+pub use crate::publish::KafkaConfig;
 
 #[cfg(test)]
 mod tests {

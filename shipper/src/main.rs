@@ -3,6 +3,7 @@
 use std::io;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -12,7 +13,8 @@ use sluice_common::server::{self, Health};
 use sluice_shipper::config::{Format, Output, ShipperConfig};
 use sluice_shipper::metrics::Metrics;
 use sluice_shipper::pipeline::{self, Pipeline};
-use sluice_shipper::sink::StdoutSink;
+use sluice_shipper::publish::{KafkaSink, Probe, PublishMetrics};
+use sluice_shipper::sink::{Sink, StdoutSink};
 
 /// Tails Kubernetes container logs and publishes them to Kafka.
 #[derive(Debug, Parser)]
@@ -20,6 +22,10 @@ use sluice_shipper::sink::StdoutSink;
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
+    /// With `--check-config`: also ask the Kafka brokers for the topic's metadata (exit 1 when
+    /// none answers within 10 s).
+    #[arg(long, global = true)]
+    check_connectivity: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -41,10 +47,19 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config: ShipperConfig = match cli.common.load() {
+    let mut common = cli.common.clone();
+    let connectivity = cli.check_connectivity;
+    if connectivity {
+        // Validate first (problems exit 1 as with --check-config), then probe the brokers.
+        common.check_config = false;
+    }
+    let config: ShipperConfig = match common.load() {
         Startup::Run(config) => config,
         Startup::Exit(code) => return code,
     };
+    if connectivity {
+        return check_connectivity(&config);
+    }
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(config),
         Command::Inspect { format, files } => inspect(&config, &format, &files),
@@ -54,6 +69,37 @@ fn main() -> ExitCode {
         Err(err) => {
             tracing::error!("{err:#}");
             eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--check-config --check-connectivity`: one metadata request to the brokers.
+fn check_connectivity(config: &ShipperConfig) -> ExitCode {
+    println!("configuration is valid");
+    if config.output != Output::Kafka {
+        println!("output is {:?}: no broker to check", config.output);
+        return ExitCode::SUCCESS;
+    }
+    let (acker, _events) = pipeline::channel();
+    let sink = match KafkaSink::new(&config.kafka, config.limits.inflight_bytes.as_usize(), acker, Default::default()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kafka: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match sink.probe().check(Duration::from_secs(10)) {
+        Ok(partitions) => {
+            println!(
+                "kafka: brokers {} answered; topic {} has {partitions} partition(s)",
+                config.kafka.brokers.join(","),
+                config.kafka.topic
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kafka: brokers {} did not answer a metadata request: {e}", config.kafka.brokers.join(","));
             ExitCode::FAILURE
         }
     }
@@ -71,9 +117,6 @@ fn inspect(config: &ShipperConfig, format: &str, files: &[std::path::PathBuf]) -
 }
 
 fn run(config: ShipperConfig) -> anyhow::Result<()> {
-    if config.output == Output::Kafka {
-        bail!("output `kafka` is not available in this build yet; set `output: stdout` (SLUICE_OUTPUT=stdout)");
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -83,28 +126,41 @@ fn run(config: ShipperConfig) -> anyhow::Result<()> {
         let shutdown = sluice_common::shutdown::on_signal();
         let mut registry = Registry::with_prefix("sluice");
         let metrics = Metrics::register(&mut registry);
+        let publish_metrics = PublishMetrics::register(&mut registry);
         let health = Health::new();
+        health.set_not_ready("starting");
+        let (acker, events) = pipeline::channel();
+        // Build the output first: a configuration librdkafka refuses stops here, before serving.
+        let worker = match config.output {
+            Output::Stdout => {
+                let sink = StdoutSink::new(io::stdout(), acker);
+                health.set_ready();
+                start_read_path(&config, sink, events, metrics)?
+            }
+            Output::Kafka => {
+                let sink =
+                    KafkaSink::new(&config.kafka, config.limits.inflight_bytes.as_usize(), acker, publish_metrics)
+                        .context("starting the Kafka producer")?;
+                spawn_readiness(sink.probe(), health.clone(), shutdown.clone());
+                start_read_path(&config, sink, events, metrics)?
+            }
+        };
         let (addr, server) =
             server::spawn(&config.metrics.listen, Arc::new(registry), health.clone(), shutdown.clone())
                 .await
                 .with_context(|| format!("binding metrics.listen {}", config.metrics.listen))?;
-        tracing::info!(%addr, root = %config.paths.root, output = "stdout", "sluice-shipper running");
-
-        let (acker, events) = pipeline::channel();
-        let sink = StdoutSink::new(io::stdout(), acker);
-        let pipeline = Pipeline::new(&config, sink, events, metrics)?;
-        let stopper = pipeline.stopper();
-        let worker = std::thread::Builder::new()
-            .name("read-path".into())
-            .spawn(move || pipeline.run())
-            .context("starting the read path")?;
-        health.set_ready();
+        let output = match config.output {
+            Output::Kafka => "kafka",
+            Output::Stdout => "stdout",
+        };
+        tracing::info!(%addr, root = %config.paths.root, output, "sluice-shipper running");
+        let (stopper, thread) = worker;
         let token = shutdown.clone();
         tokio::spawn(async move {
             token.cancelled().await;
             stopper.stop();
         });
-        let result = tokio::task::spawn_blocking(move || worker.join()).await;
+        let result = tokio::task::spawn_blocking(move || thread.join()).await;
         health.set_not_ready("shutting down");
         shutdown.cancel();
         let _ = server.await;
@@ -117,4 +173,56 @@ fn run(config: ShipperConfig) -> anyhow::Result<()> {
             Ok(Err(_)) | Err(_) => bail!("the read path panicked"),
         }
     })
+}
+
+type Worker = (pipeline::Stopper, std::thread::JoinHandle<Result<pipeline::Summary, pipeline::PipelineError>>);
+
+/// Starts the read path on its own thread.
+fn start_read_path<S: Sink + 'static>(
+    config: &ShipperConfig,
+    sink: S,
+    events: pipeline::Events,
+    metrics: Metrics,
+) -> anyhow::Result<Worker> {
+    let pipeline = Pipeline::new(config, sink, events, metrics)?;
+    let stopper = pipeline.stopper();
+    let thread = std::thread::Builder::new()
+        .name("read-path".into())
+        .spawn(move || pipeline.run())
+        .context("starting the read path")?;
+    Ok((stopper, thread))
+}
+
+/// `/readyz` turns true once a broker answered a metadata request for the topic; until then it says
+/// why not. Checked again every few seconds so a lost cluster shows.
+fn spawn_readiness(probe: Probe, health: Health, shutdown: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let mut was_ready = false;
+        loop {
+            let p = probe.clone();
+            let result = tokio::task::spawn_blocking(move || p.check(Duration::from_secs(5))).await;
+            match result {
+                Ok(Ok(partitions)) => {
+                    if !was_ready {
+                        tracing::info!(partitions, "Kafka answered; ready");
+                    }
+                    was_ready = true;
+                    health.set_ready();
+                }
+                Ok(Err(e)) => {
+                    if was_ready {
+                        tracing::warn!(error = %e, "Kafka metadata request failed; not ready");
+                    }
+                    was_ready = false;
+                    health.set_not_ready(&format!("kafka: {e}"));
+                }
+                Err(_) => return,
+            }
+            let period = if was_ready { Duration::from_secs(10) } else { Duration::from_secs(2) };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+        }
+    });
 }

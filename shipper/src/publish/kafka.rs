@@ -1,0 +1,554 @@
+//! The Kafka publisher: a [`Sink`] on an idempotent `rdkafka` producer (`acks=all`).
+//!
+//! - `submit` hands the record to librdkafka (never blocks); the key is `<pod uid>/<container>`, the
+//!   headers are the contract's `sluice.id`, `sluice.ts`, `sluice.ns`, `sluice.v`.
+//! - A poller thread serves the producer's events; each successful delivery report hands the record's
+//!   [`AckToken`] to the [`Acker`] (in batches, any order). Only these move the checkpoint.
+//! - A failed delivery (timeout after `kafka.delivery_timeout`, message too large, unknown topic,
+//!   purged by a producer rebuild, …) is copied out of the report and produced again with the same
+//!   id and headers after a short backoff — never skipped, never acknowledged. A fatal producer error
+//!   (idempotence state lost) rebuilds the producer; what the old one held comes back as failed
+//!   deliveries and is produced again.
+//! - Memory: the read path stops reading above `limits.inflight_bytes` of unacknowledged records;
+//!   librdkafka's own queue is capped just above that (`queue.buffering.max.kbytes`), and failed
+//!   records waiting for their retry count against the same limit (they are not acknowledged).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig};
+use sluice_common::schema::{SCHEMA_VERSION, header};
+
+use super::config::KafkaConfig;
+use super::metrics::PublishMetrics;
+use super::truncate::truncate_document;
+use crate::record::Record;
+use crate::sink::{AckToken, Acker, Sink, SinkError};
+
+/// Bytes reserved for the record batch framing and headers beyond their raw lengths.
+const MESSAGE_OVERHEAD: usize = 256;
+/// Acks forwarded to the pipeline at once from the delivery callback.
+const ACK_BATCH: usize = 4096;
+/// How often the poller serves producer events (the latency an ack can add).
+const POLL_PERIOD: Duration = Duration::from_millis(5);
+/// First and longest backoff before a failed record is produced again.
+const RETRY_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// How long a templated topic found missing is not tried again (records go to `kafka.topic`).
+const MISSING_TOPIC_TTL: Duration = Duration::from_secs(60);
+/// Minimum interval between two log lines about the same kind of producer error.
+const LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// Why the publisher could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// librdkafka refused the configuration.
+    #[error("creating the Kafka producer: {0}")]
+    Create(#[from] KafkaError),
+}
+
+/// Per-message state carried through librdkafka to the delivery report.
+#[derive(Debug)]
+struct Opaque {
+    token: AckToken,
+    attempt: u32,
+    bytes: usize,
+}
+
+/// A record whose delivery failed, waiting to be produced again.
+#[derive(Debug)]
+struct Retry {
+    token: AckToken,
+    attempt: u32,
+    topic: String,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+    code: Option<RDKafkaErrorCode>,
+    not_before: Instant,
+}
+
+/// State shared by the sink, the delivery callback and the poller.
+struct Shared {
+    acker: Acker,
+    acks: Mutex<Vec<AckToken>>,
+    failed: Mutex<Vec<Retry>>,
+    metrics: PublishMetrics,
+    /// Bytes handed to librdkafka and not yet reported.
+    queued: AtomicI64,
+    logged: Mutex<HashMap<String, Instant>>,
+}
+
+impl Shared {
+    fn forward_acks(&self) {
+        let acks = std::mem::take(&mut *self.acks.lock().expect("acks lock"));
+        self.acker.ack_all(acks);
+    }
+
+    /// Logs `message` at most once per [`LOG_EVERY`] per `kind`.
+    fn log_limited(&self, kind: &str, message: &str) {
+        let now = Instant::now();
+        let mut logged = self.logged.lock().expect("log lock");
+        if logged.get(kind).is_some_and(|t| now.duration_since(*t) < LOG_EVERY) {
+            return;
+        }
+        logged.insert(kind.to_owned(), now);
+        tracing::warn!(kind, "kafka: {message}");
+    }
+}
+
+/// The producer context: routes delivery reports and client errors.
+struct Context(Arc<Shared>);
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                self.0.log_limited(fac, message)
+            }
+            RDKafkaLogLevel::Warning | RDKafkaLogLevel::Notice => tracing::debug!(fac, "librdkafka: {message}"),
+            _ => tracing::trace!(fac, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        self.0.metrics.client_errors.get_or_create(&label(code)).inc();
+        self.0.log_limited(&format!("{code:?}"), &format!("{error}: {reason}"));
+    }
+}
+
+impl ProducerContext for Context {
+    type DeliveryOpaque = Box<Opaque>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Box<Opaque>) {
+        let shared = &self.0;
+        shared.queued.fetch_sub(opaque.bytes as i64, Ordering::Relaxed);
+        match result {
+            Ok(_) => {
+                shared.metrics.delivered.inc();
+                let mut acks = shared.acks.lock().expect("acks lock");
+                acks.push(opaque.token);
+                if acks.len() >= ACK_BATCH {
+                    let batch = std::mem::take(&mut *acks);
+                    drop(acks);
+                    shared.acker.ack_all(batch);
+                }
+            }
+            Err((err, msg)) => {
+                let code = err.rdkafka_error_code();
+                shared.metrics.delivery_errors.get_or_create(&label(code)).inc();
+                shared.log_limited(
+                    &format!("delivery-{code:?}"),
+                    &format!("delivery to {} failed ({err}); producing it again with the same id", msg.topic()),
+                );
+                let headers = msg
+                    .headers()
+                    .map(|h| {
+                        h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect()
+                    })
+                    .unwrap_or_default();
+                let attempt = opaque.attempt + 1;
+                shared.failed.lock().expect("failed lock").push(Retry {
+                    token: opaque.token,
+                    attempt,
+                    topic: msg.topic().to_owned(),
+                    key: msg.key().map(<[u8]>::to_vec).unwrap_or_default(),
+                    value: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    headers,
+                    code,
+                    not_before: Instant::now() + backoff(attempt),
+                });
+            }
+        }
+    }
+}
+
+/// Metric label of an error code.
+fn label(code: Option<RDKafkaErrorCode>) -> super::metrics::Kind {
+    use RDKafkaErrorCode as C;
+    let kind = match code {
+        Some(C::MessageTimedOut) => "timeout",
+        Some(C::MessageSizeTooLarge) => "message_too_large",
+        Some(C::UnknownTopic | C::UnknownTopicOrPartition | C::UnknownPartition) => "unknown_topic",
+        Some(C::QueueFull) => "queue_full",
+        Some(C::Fatal) => "fatal",
+        Some(C::PurgeQueue | C::PurgeInflight) => "purged",
+        Some(C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed) => "authorization",
+        Some(C::AllBrokersDown | C::BrokerTransportFailure) => "transport",
+        Some(C::Authentication | C::SaslAuthenticationFailed) => "authentication",
+        Some(C::SSL) => "ssl",
+        _ => "other",
+    };
+    super::metrics::Kind { kind }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let (first, max) = RETRY_BACKOFF;
+    first.saturating_mul(1 << attempt.min(16).saturating_sub(1)).min(max)
+}
+
+/// The running producer and its poller thread.
+struct Running {
+    producer: Arc<BaseProducer<Context>>,
+    stop: Arc<AtomicBool>,
+    poller: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    fn start(config: &ClientConfig, shared: &Arc<Shared>) -> Result<Self, PublishError> {
+        let producer: Arc<BaseProducer<Context>> = Arc::new(config.create_with_context(Context(shared.clone()))?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let poller = {
+            let (producer, stop, shared) = (producer.clone(), stop.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("kafka-poll".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        producer.poll(POLL_PERIOD);
+                        shared.forward_acks();
+                    }
+                })
+                .expect("spawning the kafka poller")
+        };
+        Ok(Running { producer, stop, poller: Some(poller) })
+    }
+
+    /// Stops the poller, then drops the producer: librdkafka purges what it still holds, and those
+    /// records come back as failed deliveries (to be produced again by a new producer).
+    fn shutdown(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(p) = self.poller.take() {
+            let _ = p.join();
+        }
+        // Explicitly, since a `Probe` may keep the producer alive: what librdkafka still holds comes
+        // back as failed (purged) deliveries, to be produced again.
+        self.producer.purge(PurgeConfig::default().queue().inflight());
+        self.producer.poll(Duration::from_millis(200));
+    }
+}
+
+/// A cheap handle to ask the brokers for metadata (readiness, `--check-connectivity`).
+#[derive(Clone)]
+pub struct Probe {
+    producer: Arc<BaseProducer<Context>>,
+    topic: String,
+}
+
+impl Probe {
+    /// One metadata request for the configured topic; `Ok(partitions)` when a broker answered.
+    pub fn check(&self, timeout: Duration) -> Result<usize, String> {
+        let md = self.producer.client().fetch_metadata(Some(&self.topic), timeout).map_err(|e| e.to_string())?;
+        let topic = md.topics().first().ok_or("no topic in the metadata response")?;
+        if let Some(err) = topic.error() {
+            return Err(format!("topic {}: {:?}", self.topic, RDKafkaErrorCode::from(err)));
+        }
+        Ok(topic.partitions().len())
+    }
+}
+
+/// `output: kafka` (see the module documentation).
+pub struct KafkaSink {
+    cfg: KafkaConfig,
+    client_config: ClientConfig,
+    shared: Arc<Shared>,
+    running: Option<Running>,
+    retries: VecDeque<Retry>,
+    topic_buf: String,
+    missing_topics: HashMap<String, Instant>,
+    namespaces: HashMap<String, (Counter, Counter)>,
+    max_value: usize,
+}
+
+impl KafkaSink {
+    /// Builds the producer. `inflight_limit` is `limits.inflight_bytes` (sizes librdkafka's queue).
+    pub fn new(
+        cfg: &KafkaConfig,
+        inflight_limit: usize,
+        acker: Acker,
+        metrics: PublishMetrics,
+    ) -> Result<Self, PublishError> {
+        let client_config = client_config(cfg, inflight_limit);
+        let shared = Arc::new(Shared {
+            acker,
+            acks: Mutex::default(),
+            failed: Mutex::default(),
+            metrics,
+            queued: AtomicI64::new(0),
+            logged: Mutex::default(),
+        });
+        let running = Running::start(&client_config, &shared)?;
+        Ok(KafkaSink {
+            cfg: cfg.clone(),
+            client_config,
+            shared,
+            running: Some(running),
+            retries: VecDeque::new(),
+            topic_buf: String::new(),
+            missing_topics: HashMap::new(),
+            namespaces: HashMap::new(),
+            max_value: cfg.max_message_bytes.as_usize(),
+        })
+    }
+
+    /// A metadata probe on the current producer.
+    pub fn probe(&self) -> Probe {
+        Probe { producer: self.producer().clone(), topic: self.cfg.topic.clone() }
+    }
+
+    fn producer(&self) -> &Arc<BaseProducer<Context>> {
+        &self.running.as_ref().expect("producer running").producer
+    }
+
+    fn topic(&mut self, namespace: &str) -> String {
+        let topic = self.cfg.topic_for(namespace, &mut self.topic_buf).to_owned();
+        match self.missing_topics.get(&topic) {
+            Some(t) if t.elapsed() < MISSING_TOPIC_TTL => {
+                self.shared.metrics.topic_fallbacks.inc();
+                self.cfg.topic.clone()
+            }
+            _ => topic,
+        }
+    }
+
+    fn count_namespace(&mut self, namespace: &str, bytes: usize) {
+        let (records, b) = match self.namespaces.get(namespace) {
+            Some(c) => c,
+            None => {
+                let m = &self.shared.metrics;
+                let counters = (m.published_records(namespace), m.published_bytes(namespace));
+                self.namespaces.entry(namespace.to_owned()).or_insert(counters)
+            }
+        };
+        records.inc();
+        b.inc_by(bytes as u64);
+    }
+
+    /// Produces one message; on a local refusal (queue full, …) keeps it for a retry.
+    fn produce(&mut self, topic: &str, key: &[u8], value: &[u8], headers: OwnedHeaders, token: AckToken, attempt: u32) {
+        let bytes = value.len() + key.len();
+        let opaque = Box::new(Opaque { token, attempt, bytes });
+        let record = BaseRecord::with_opaque_to(topic, opaque).key(key).payload(value).headers(headers);
+        self.shared.queued.fetch_add(bytes as i64, Ordering::Relaxed);
+        if let Err((err, record)) = self.producer().send(record) {
+            self.shared.queued.fetch_sub(bytes as i64, Ordering::Relaxed);
+            let code = err.rdkafka_error_code();
+            self.shared.metrics.delivery_errors.get_or_create(&label(code)).inc();
+            if code != Some(RDKafkaErrorCode::QueueFull) {
+                self.shared.log_limited(&format!("send-{code:?}"), &format!("producing to {topic} failed: {err}"));
+            }
+            let headers = record
+                .headers
+                .as_ref()
+                .map(|h| {
+                    h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect()
+                })
+                .unwrap_or_default();
+            let attempt = record.delivery_opaque.attempt + 1;
+            self.retries.push_back(Retry {
+                token,
+                attempt,
+                topic: topic.to_owned(),
+                key: key.to_vec(),
+                value: value.to_vec(),
+                headers,
+                code,
+                not_before: Instant::now() + backoff(attempt),
+            });
+        }
+    }
+
+    /// Produces failed records again whose backoff has passed.
+    fn retry_due(&mut self) {
+        self.retries.extend(self.shared.failed.lock().expect("failed lock").drain(..));
+        let now = Instant::now();
+        let mut waiting = VecDeque::new();
+        while let Some(mut r) = self.retries.pop_front() {
+            if r.not_before > now {
+                waiting.push_back(r);
+                continue;
+            }
+            self.shared.metrics.retries.inc();
+            match r.code {
+                Some(RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition)
+                    if r.topic != self.cfg.topic =>
+                {
+                    tracing::warn!(topic = %r.topic, fallback = %self.cfg.topic, "templated topic missing; using the fallback topic");
+                    self.missing_topics.insert(std::mem::replace(&mut r.topic, self.cfg.topic.clone()), now);
+                    self.shared.metrics.topic_fallbacks.inc();
+                }
+                Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
+                    // The broker's limit is below ours: cut the message further.
+                    let target = (r.value.len() * 3 / 4).max(4096);
+                    match truncate_document(&r.value, target) {
+                        Ok(v) => {
+                            self.shared.metrics.truncated.inc();
+                            r.value = v;
+                        }
+                        Err(e) => tracing::error!(error = %e, "cannot shrink a record the broker refused as too large"),
+                    }
+                }
+                _ => {}
+            }
+            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+            for (k, v) in &r.headers {
+                headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
+            }
+            let (topic, key, value) =
+                (std::mem::take(&mut r.topic), std::mem::take(&mut r.key), std::mem::take(&mut r.value));
+            self.produce(&topic, &key, &value, headers, r.token, r.attempt);
+        }
+        self.retries = waiting;
+    }
+
+    /// Rebuilds the producer after a fatal error (idempotent producer state lost).
+    fn check_fatal(&mut self) -> Result<(), SinkError> {
+        let Some((code, reason)) = self.producer().client().fatal_error() else { return Ok(()) };
+        tracing::error!(?code, %reason, "fatal Kafka producer error; rebuilding the producer and producing unacknowledged records again");
+        self.shared.metrics.producer_rebuilds.inc();
+        if let Some(old) = self.running.take() {
+            old.shutdown();
+        }
+        match Running::start(&self.client_config, &self.shared) {
+            Ok(r) => {
+                self.running = Some(r);
+                Ok(())
+            }
+            Err(e) => Err(SinkError::Closed(e.to_string())),
+        }
+    }
+
+    fn update_gauges(&self) {
+        let m = &self.shared.metrics;
+        let waiting: usize = self.retries.iter().map(|r| r.value.len() + r.key.len()).sum();
+        m.queue_bytes.set(self.shared.queued.load(Ordering::Relaxed) + waiting as i64);
+        m.retry_queue.set(self.retries.len() as i64);
+    }
+}
+
+impl Sink for KafkaSink {
+    fn submit(&mut self, record: &Record<'_>, token: AckToken) -> Result<(), SinkError> {
+        let topic = self.topic(record.namespace);
+        let headers = OwnedHeaders::new_with_capacity(4)
+            .insert(Header { key: header::ID, value: Some(record.id) })
+            .insert(Header { key: header::TS, value: Some(record.timestamp) })
+            .insert(Header { key: header::NS, value: Some(record.namespace) })
+            .insert(Header { key: header::V, value: Some(SCHEMA_VERSION) });
+        let framing = record.key.len()
+            + record.id.len()
+            + record.timestamp.len()
+            + record.namespace.len()
+            + header::ID.len() * 4
+            + MESSAGE_OVERHEAD;
+        let limit = self.max_value.saturating_sub(framing);
+        self.count_namespace(record.namespace, record.value.len());
+        if record.value.len() > limit {
+            match truncate_document(record.value, limit) {
+                Ok(value) => {
+                    self.shared.metrics.truncated.inc();
+                    self.produce(&topic, record.key.as_bytes(), &value, headers, token, 0);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::error!(id = record.id, error = %e, "record over kafka.max_message_bytes cannot be cut; sending as is")
+                }
+            }
+        }
+        self.produce(&topic, record.key.as_bytes(), record.value, headers, token, 0);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.check_fatal()?;
+        self.retry_due();
+        self.update_gauges();
+        Ok(())
+    }
+
+    fn close(&mut self, timeout: Duration) -> Result<(), SinkError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.flush()?;
+            let outstanding = self.producer().in_flight_count() > 0
+                || !self.retries.is_empty()
+                || !self.shared.failed.lock().expect("failed lock").is_empty();
+            let now = Instant::now();
+            if !outstanding || now >= deadline {
+                break;
+            }
+            let _ = self.producer().flush((deadline - now).min(Duration::from_millis(100)));
+        }
+        self.shared.forward_acks();
+        Ok(())
+    }
+}
+
+impl Drop for KafkaSink {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown();
+        }
+    }
+}
+
+/// The librdkafka configuration for `cfg` (exposed for tests and the benchmark).
+pub fn client_config(cfg: &KafkaConfig, inflight_limit: usize) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in &cfg.properties {
+        c.set(k.trim(), v.trim());
+    }
+    // A little above the read path's own limit, so that limit is what applies back-pressure.
+    let queue_kib = (inflight_limit + cfg.max_message_bytes.as_usize()).div_ceil(1024) * 2;
+    c.set("bootstrap.servers", cfg.brokers.join(","))
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", cfg.compression.as_str())
+        .set("linger.ms", cfg.linger.as_millis().to_string())
+        .set("batch.size", cfg.batch_bytes.0.to_string())
+        .set("message.max.bytes", cfg.max_message_bytes.0.max(4096).to_string())
+        .set("delivery.timeout.ms", cfg.delivery_timeout.as_millis().to_string())
+        .set("queue.buffering.max.kbytes", queue_kib.min(2_097_151).to_string())
+        .set("queue.buffering.max.messages", "1000000")
+        .set("delivery.report.only.error", "false");
+    c.set_log_level(RDKafkaLogLevel::Warning);
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_millis(100));
+        assert_eq!(backoff(2), Duration::from_millis(200));
+        assert_eq!(backoff(30), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn guarantees_are_set_after_pass_through_properties() {
+        let mut cfg = KafkaConfig::default();
+        cfg.properties.insert("client.id".into(), "shipper-1".into());
+        let c = client_config(&cfg, 16 << 20);
+        assert_eq!(c.get("acks"), Some("all"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("compression.type"), Some("zstd"));
+        assert_eq!(c.get("client.id"), Some("shipper-1"));
+        assert_eq!(c.get("queue.buffering.max.kbytes"), Some("34722"));
+    }
+
+    #[test]
+    fn error_codes_have_stable_labels() {
+        assert_eq!(label(Some(RDKafkaErrorCode::MessageTimedOut)).kind, "timeout");
+        assert_eq!(label(Some(RDKafkaErrorCode::UnknownTopicOrPartition)).kind, "unknown_topic");
+        assert_eq!(label(None).kind, "other");
+    }
+}
