@@ -1,0 +1,437 @@
+//! The real `sluice-shipper` binary publishing to a **real Kafka broker** (the foundation harness):
+//! every line once with the contract's key, headers and document; nothing re-sent after a graceful
+//! restart; SIGKILL mid-stream loses nothing; the broker stopped mid-stream (with rotation every
+//! second) loses nothing while memory stays bounded.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{Rec, decode, len_for, stream_for, verify};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use sluice_integration_tests::{Kafka, free_port, kafka, kafka_dedicated, unique_name};
+use sluice_shipper::sink::Collected;
+use sluice_shipper::testkit::{KubeletWriter, WriterOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice-shipper");
+
+/// One message as consumed.
+#[derive(Debug, Clone)]
+struct Msg {
+    key: String,
+    headers: HashMap<String, String>,
+    value: Vec<u8>,
+}
+
+impl Msg {
+    fn rec(&self) -> Rec {
+        decode(&Collected { id: self.headers["sluice.id"].clone(), key: self.key.clone(), value: self.value.clone() })
+    }
+}
+
+/// Reads a topic from the beginning on a background thread, keeping every message.
+struct Collector {
+    msgs: Arc<Mutex<Vec<Msg>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Collector {
+    fn start(bootstrap: &str, topic: &str) -> Self {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", unique_name("collector"))
+            .set("enable.auto.commit", "false")
+            .set("topic.metadata.refresh.interval.ms", "1000")
+            .create()
+            .expect("consumer");
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+        let partitions = md.topics()[0].partitions().len();
+        assert!(partitions > 0, "topic {topic} has no partitions");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions as i32 {
+            tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).expect("assign");
+        let msgs: Arc<Mutex<Vec<Msg>>> = Arc::default();
+        let stop: Arc<AtomicBool> = Arc::default();
+        let thread = {
+            let (msgs, stop) = (msgs.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    // Errors while a dedicated broker is stopped are expected; keep polling.
+                    if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                        let headers = m
+                            .headers()
+                            .map(|h| {
+                                h.iter()
+                                    .map(|h| {
+                                        (
+                                            h.key.to_owned(),
+                                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                                        )
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        msgs.lock().unwrap().push(Msg {
+                            key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                            headers,
+                            value: m.payload().unwrap_or_default().to_vec(),
+                        });
+                    }
+                }
+            })
+        };
+        Collector { msgs, stop, thread: Some(thread) }
+    }
+
+    fn count(&self) -> usize {
+        self.msgs.lock().unwrap().len()
+    }
+
+    fn unique(&self) -> usize {
+        let msgs = self.msgs.lock().unwrap();
+        msgs.iter()
+            .map(|m| m.headers.get("sluice.id").cloned().unwrap_or_default())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    }
+
+    /// Waits until `n` distinct record ids arrived.
+    fn wait_unique(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.unique() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} records arrived in Kafka within {timeout:?}",
+                self.unique()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn messages(&self) -> Vec<Msg> {
+        self.msgs.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A test's directories and shipper configuration.
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    config: PathBuf,
+    metrics_port: u16,
+}
+
+impl Setup {
+    fn new(bootstrap: &str, topic: &str, extra: &str) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("pods");
+        let ckpt = tmp.path().join("ckpt");
+        fs::create_dir_all(&root).unwrap();
+        let metrics_port = free_port();
+        let config = tmp.path().join("shipper.yaml");
+        fs::write(
+            &config,
+            format!(
+                "node_name: node-1\noutput: kafka\nkafka:\n  brokers: [\"{bootstrap}\"]\n  topic: {topic}\n  delivery_timeout: 15s\nkubernetes:\n  enabled: false\npaths:\n  root: {}\n  symlink_dirs: []\ncheckpoint:\n  dir: {}\n  interval: 200ms\ntail:\n  rescan_interval: 200ms\n  rotate_wait: 500ms\n  deleted_file_grace: 10m\nmetrics:\n  listen: 127.0.0.1:{metrics_port}\n{extra}",
+                root.display(),
+                ckpt.display()
+            ),
+        )
+        .unwrap();
+        Setup { _tmp: tmp, root, config, metrics_port }
+    }
+
+    fn spawn(&self) -> Child {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--log-level")
+            .arg("warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap()
+    }
+
+    /// The value of one metric series (exact name with labels), failing when the endpoint is down.
+    fn metric(&self, series: &str) -> f64 {
+        let body = http_get(self.metrics_port, "/metrics").expect("metrics endpoint");
+        body.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
+            .unwrap_or_else(|| panic!("no series {series} in /metrics"))
+    }
+
+    fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if http_get(self.metrics_port, "/readyz").is_some_and(|b| b.starts_with("200")) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "shipper not ready within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Minimal HTTP GET on 127.0.0.1 (`/readyz` answers `<status>` first).
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?;
+    Some(if path == "/metrics" { body.to_owned() } else { format!("{status} {body}") })
+}
+
+fn sigterm(child: &mut Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "shipper did not stop within 30 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Writers of `pods` containers, each writing `n` lines on its own thread with a pause every 100.
+fn write_in_background(
+    root: &Path,
+    pods: usize,
+    n: u64,
+    opts: WriterOptions,
+    pause: Duration,
+) -> (Vec<JoinHandle<()>>, BTreeMap<String, u64>) {
+    let mut expected = BTreeMap::new();
+    let handles = (0..pods)
+        .map(|i| {
+            let tag = format!("k{i}");
+            expected.insert(tag.clone(), n);
+            let mut w =
+                KubeletWriter::new(root, ("ns", &format!("pod-{tag}"), &format!("uid-{tag}"), "app"), 0, opts.clone())
+                    .unwrap();
+            std::thread::spawn(move || {
+                for seq in 0..n {
+                    w.write_line(stream_for(seq), &KubeletWriter::content(&tag, seq, len_for(seq))).unwrap();
+                    if seq % 100 == 99 {
+                        std::thread::sleep(pause);
+                    }
+                }
+            })
+        })
+        .collect();
+    (handles, expected)
+}
+
+fn records(msgs: &[Msg]) -> Vec<Rec> {
+    msgs.iter().map(Msg::rec).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_line_once_with_the_contract_and_graceful_restart_resends_nothing() {
+    let kafka = kafka().await;
+    let topic = unique_name("shipper-once");
+    kafka.create_topic(&topic, 3).await;
+    tokio::task::spawn_blocking(move || {
+        let setup = Setup::new(&kafka.bootstrap, &topic, "");
+        let collector = Collector::start(&kafka.bootstrap, &topic);
+        let opts = WriterOptions { max_size: 128 * 1024, max_files: 100, fragment: 256, compress: true };
+        let (writers, expected) = write_in_background(&setup.root, 3, 4000, opts, Duration::ZERO);
+        let mut shipper = setup.spawn();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let total: u64 = expected.values().sum();
+        collector.wait_unique(total as usize, Duration::from_secs(90));
+        let msgs = collector.messages();
+        assert_eq!(msgs.len() as u64, total, "a single clean run sends each record once");
+        let dups = verify(&records(&msgs), &expected);
+        assert_eq!(dups, 0);
+        // The message contract of shared/DESIGN.md.
+        for m in &msgs {
+            let doc: serde_json::Value = serde_json::from_slice(&m.value).unwrap();
+            let k8s = &doc["kubernetes"];
+            assert_eq!(m.key, format!("{}/app", k8s["pod"]["uid"].as_str().unwrap()));
+            assert_eq!(m.headers["sluice.ns"], "ns");
+            assert_eq!(m.headers["sluice.v"], "1");
+            assert_eq!(m.headers["sluice.ts"], doc["@timestamp"].as_str().unwrap());
+            let id = &m.headers["sluice.id"];
+            assert!(id.ends_with(&format!("-{}", doc["log"]["offset"])), "{id}");
+            assert_eq!(k8s["namespace"], "ns");
+            assert_eq!(k8s["container"]["name"], "app");
+            assert_eq!(k8s["node"]["name"], "node-1");
+            assert!(doc["tags"].as_array().unwrap().iter().any(|t| t == "metadata_from_path"));
+        }
+        assert!(setup.metric("sluice_shipper_kafka_delivered_records_total") >= total as f64);
+        assert_eq!(setup.metric("sluice_shipper_published_records_total{namespace=\"ns\"}"), total as f64);
+
+        let status = sigterm(&mut shipper);
+        assert!(status.success(), "graceful stop exits 0, got {status}");
+
+        // Restart: nothing new is written, so nothing may be sent. Wait for positive signals that the
+        // restarted shipper scanned the files and reached Kafka before concluding.
+        let mut shipper = setup.spawn();
+        setup.wait_ready(Duration::from_secs(30));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while setup.metric("sluice_shipper_scans_total") < 3.0 {
+            assert!(Instant::now() < deadline, "restarted shipper does not scan");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(setup.metric("sluice_shipper_files_discovered_total") >= 3.0);
+        assert_eq!(setup.metric("sluice_shipper_records_total"), 0.0, "records re-sent after a graceful restart");
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(collector.count() as u64, total, "messages re-sent after a graceful restart");
+
+        // And it still ships what comes next.
+        let mut w =
+            KubeletWriter::new(&setup.root, ("ns", "pod-k0", "uid-k0", "app"), 1, WriterOptions::default()).unwrap();
+        for seq in 0..50 {
+            w.write_line(stream_for(seq), &KubeletWriter::content("late", seq, 40)).unwrap();
+        }
+        collector.wait_unique(total as usize + 50, Duration::from_secs(30));
+        assert!(sigterm(&mut shipper).success());
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_mid_stream_three_times_loses_nothing() {
+    let kafka = kafka().await;
+    let topic = unique_name("shipper-kill");
+    kafka.create_topic(&topic, 3).await;
+    tokio::task::spawn_blocking(move || {
+        let setup = Setup::new(&kafka.bootstrap, &topic, "");
+        let collector = Collector::start(&kafka.bootstrap, &topic);
+        let opts = WriterOptions { max_size: 64 * 1024, max_files: 100, fragment: 256, compress: true };
+        let n = 15_000u64;
+        let (writers, expected) = write_in_background(&setup.root, 2, n, opts, Duration::from_millis(10));
+        let total: u64 = expected.values().sum();
+        let mut shipper = setup.spawn();
+        for kill in 0..3 {
+            // The kill must land mid-stream: records were published since the last start…
+            let before = collector.count();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while collector.count() < before + 500 {
+                assert!(Instant::now() < deadline, "no progress before kill {kill}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            shipper.kill().unwrap();
+            shipper.wait().unwrap();
+            // …and records remained to be published after it.
+            assert!(collector.unique() < total as usize, "kill {kill} came after everything was published");
+            assert!(writers.iter().any(|w| !w.is_finished()), "kill {kill} came after the writers finished");
+            shipper = setup.spawn();
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        collector.wait_unique(total as usize, Duration::from_secs(120));
+        assert!(sigterm(&mut shipper).success());
+        let msgs = collector.messages();
+        let dups = verify(&records(&msgs), &expected);
+        eprintln!("{} messages, {} records, {dups} re-sent with their original ids", msgs.len(), total);
+    })
+    .await
+    .unwrap();
+}
+
+/// Stops a dedicated broker for `down` while containers write and rotate; nothing may be lost and the
+/// shipper's memory must stay bounded meanwhile.
+async fn broker_outage(down: Duration, opts: WriterOptions, n: u64, rss_limit_kib: u64) {
+    let kafka: Kafka = kafka_dedicated().await;
+    let topic = unique_name("shipper-outage");
+    kafka.create_topic(&topic, 2).await;
+    let bootstrap = kafka.bootstrap.clone();
+    let setup = Setup::new(&bootstrap, &topic, "limits:\n  inflight_bytes: 2MiB\n");
+    let collector = Collector::start(&bootstrap, &topic);
+    let (writers, expected) = write_in_background(&setup.root, 2, n, opts, Duration::from_millis(20));
+    let total: u64 = expected.values().sum();
+    let mut shipper = setup.spawn();
+    let pid = shipper.id();
+    // Mid-stream: some records are in Kafka before the broker stops.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while collector.count() < 1000 {
+        assert!(Instant::now() < deadline, "nothing published before the outage");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    kafka.stop().await;
+    let stopped_at = Instant::now();
+    let in_kafka = collector.unique();
+    let mut peak = 0;
+    while stopped_at.elapsed() < down {
+        peak = peak.max(rss_kib(pid));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let rotations_during = setup.root.read_dir().unwrap().count();
+    assert!(shipper.try_wait().unwrap().is_none(), "the shipper exited while Kafka was down");
+    kafka.start().await;
+    let collector_wait = tokio::task::spawn_blocking(move || {
+        for w in writers {
+            w.join().unwrap();
+        }
+        collector.wait_unique(total as usize, Duration::from_secs(180));
+        collector
+    });
+    let collector = collector_wait.await.unwrap();
+    assert!(in_kafka < total as usize, "the outage came after everything was published");
+    assert!(peak > 0 && peak <= rss_limit_kib, "peak RSS {peak} KiB while Kafka was down (limit {rss_limit_kib} KiB)");
+    let retries = setup.metric("sluice_shipper_kafka_delivered_records_total");
+    assert!(retries >= total as f64);
+    assert!(sigterm(&mut shipper).success());
+    let msgs = collector.messages();
+    let dups = verify(&records(&msgs), &expected);
+    eprintln!(
+        "outage {down:?}: {in_kafka} records in Kafka before, {} after, {dups} re-sent, peak RSS {peak} KiB, {rotations_during} pods",
+        msgs.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_stopped_for_20s_mid_stream_loses_nothing_with_bounded_memory() {
+    let opts = WriterOptions { max_size: 256 * 1024, max_files: 100, fragment: 256, compress: true };
+    broker_outage(Duration::from_secs(20), opts, 12_000, 64 * 1024).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotation_every_second_while_kafka_is_down_for_10s_loses_nothing() {
+    // ~2 × 1000 lines/s of ~100 bytes: a 64 KiB live file rotates about every second, and older
+    // generations are gzipped, while the reader is held back by the outage.
+    let opts = WriterOptions { max_size: 64 * 1024, max_files: 100, fragment: 256, compress: true };
+    broker_outage(Duration::from_secs(10), opts, 15_000, 64 * 1024).await;
+}
