@@ -510,7 +510,7 @@ async fn main() {
     config.kafka.replication_factor = Some(1);
     config.dead_letter.topic = format!("{run}.dlq");
     config.dead_letter.partitions = 1;
-    config.elasticsearch.urls = vec![es.clone()];
+    config.elasticsearch.urls = vec![es.as_str().into()];
     config.elasticsearch.template.replicas = 0;
     config.elasticsearch.template.shards = shards;
     config.elasticsearch.template.refresh_interval = "30s".into();

@@ -57,6 +57,7 @@ mod tests {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(1),
             max_attempts: 0,
+            give_up_after: Duration::ZERO,
         };
         let mut b = Backoff::new(&config);
         for expected_step in [100, 200, 400, 800, 1000, 1000] {

@@ -11,10 +11,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sluice_common::schema::Headers;
 
+pub use crate::config::LatePolicy;
 use crate::index::IndexPattern;
 
 /// Error type written to dead letters for records that break the Kafka message contract.
 pub const CONTRACT_VIOLATION: &str = "sluice_contract_violation";
+
+/// Error type written to dead letters for records older than `retention.days` (policy
+/// `retention.late_records: dead_letter`).
+pub const RETENTION_EXPIRED: &str = "retention_expired";
 
 /// One Kafka record as the batcher sees it (borrowed from the consumer).
 #[derive(Debug, Clone)]
@@ -50,6 +55,8 @@ pub struct Item {
     pub rejected: Option<Box<(String, String)>>,
     /// Bulk attempts so far.
     pub attempts: u32,
+    /// When the first attempt failed (for `retry.give_up_after`).
+    pub first_failure: Option<Instant>,
 }
 
 impl Item {
@@ -98,10 +105,10 @@ impl Batch {
         let items = items
             .into_iter()
             .map(|mut item| {
-                let start = body.len() as u32;
+                let start = offset32(body.len());
                 body.extend_from_slice(&self.body[item.doc.start as usize..item.doc.end as usize]);
                 item.payload_start = start + (item.payload_start - item.doc.start);
-                item.doc = start..body.len() as u32;
+                item.doc = start..offset32(body.len());
                 item
             })
             .collect();
@@ -123,7 +130,9 @@ pub struct SideRecord {
 /// Limits of one batch.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Encoded body bytes.
+    /// Bytes of the body **and** the side buffer together (the batch's memory). At most 1 GiB
+    /// (validated), so with one record of at most 2 GiB (Kafka's limit) on top, every range of
+    /// an [`Item`] fits its `u32`.
     pub max_bytes: usize,
     /// Documents.
     pub max_docs: usize,
@@ -146,6 +155,13 @@ pub struct Batcher {
     cache_key: String,
     cache_ns: String,
     cached: bool,
+    /// Whether the cached index is older than the retention cutoff.
+    cache_expired: bool,
+    /// Indices dated before this are deleted by retention (`None`: no retention).
+    cutoff: Option<time::Date>,
+    late_policy: LatePolicy,
+    /// Late records seen (dead-lettered, indexed) since the last [`Batcher::take_late`].
+    late: (u64, u64),
 }
 
 impl Batcher {
@@ -162,7 +178,35 @@ impl Batcher {
             cache_key: String::new(),
             cache_ns: String::new(),
             cached: false,
+            cache_expired: false,
+            cutoff: None,
+            late_policy: LatePolicy::default(),
+            late: (0, 0),
         }
+    }
+
+    /// Records whose index date is before `cutoff` are late (see [`LatePolicy`]). Called again
+    /// when the date changes.
+    pub fn set_retention(&mut self, cutoff: Option<time::Date>, policy: LatePolicy) {
+        if self.cutoff != cutoff {
+            self.cached = false;
+        }
+        self.cutoff = cutoff;
+        self.late_policy = policy;
+    }
+
+    /// Late records since the last call: `(dead-lettered, indexed)`.
+    pub fn take_late(&mut self) -> (u64, u64) {
+        std::mem::take(&mut self.late)
+    }
+
+    /// Adds a record that is rejected before reaching Elasticsearch (e.g. a header key that is
+    /// not UTF-8, found by the consumer): it is dead-lettered with `reason`.
+    pub fn push_rejected<'a, H>(&mut self, record: RecordRef<'a, H>, reason: String, out: &mut Vec<Batch>)
+    where
+        H: IntoIterator<Item = (&'a str, Option<&'a [u8]>)> + Clone,
+    {
+        self.push_inner(record, Some(reason), out);
     }
 
     /// Adds a record. Batches that became complete are appended to `out`.
@@ -170,14 +214,26 @@ impl Batcher {
     where
         H: IntoIterator<Item = (&'a str, Option<&'a [u8]>)> + Clone,
     {
-        let estimate = record.payload.map_or(0, <[u8]>::len) + 160;
-        if !self.items.is_empty() && self.body.len() + estimate > self.limits.max_bytes {
+        self.push_inner(record, None, out);
+    }
+
+    fn push_inner<'a, H>(&mut self, record: RecordRef<'a, H>, reject: Option<String>, out: &mut Vec<Batch>)
+    where
+        H: IntoIterator<Item = (&'a str, Option<&'a [u8]>)> + Clone,
+    {
+        // Both buffers count: a record can land in the side buffer only (rejected) or in both
+        // (newlines rewritten in the body, original kept aside).
+        let payload_len = record.payload.map_or(0, <[u8]>::len);
+        let headers_len: usize =
+            record.headers.clone().into_iter().map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len) + 8).sum();
+        let estimate = payload_len + headers_len + record.key.map_or(0, <[u8]>::len) + 160;
+        if !self.items.is_empty() && self.bytes() + estimate > self.limits.max_bytes {
             out.extend(self.take());
         }
         if self.started.is_none() {
             self.started = Some(Instant::now());
         }
-        let side_start = self.side.len() as u32;
+        let side_start = offset32(self.side.len());
         side::encode_key_headers(&mut self.side, record.key, record.headers.clone());
         let mut item = Item {
             partition: record.partition,
@@ -188,8 +244,13 @@ impl Batcher {
             side: side_start..side_start,
             rejected: None,
             attempts: 0,
+            first_failure: None,
         };
-        match self.encode(&record) {
+        let encoded = match reject {
+            Some(reason) => Err((CONTRACT_VIOLATION, reason)),
+            None => self.encode(&record),
+        };
+        match encoded {
             Ok((doc, payload_start, modified)) => {
                 item.doc = doc;
                 item.payload_start = payload_start;
@@ -199,33 +260,55 @@ impl Batcher {
                     side::encode_payload(&mut self.side, None);
                 }
             }
-            Err(reason) => {
+            Err((error_type, reason)) => {
                 side::encode_payload(&mut self.side, Some(record.payload.unwrap_or_default()));
-                item.rejected = Some(Box::new((CONTRACT_VIOLATION.to_owned(), reason)));
+                item.rejected = Some(Box::new((error_type.to_owned(), reason)));
             }
         }
-        item.side.end = self.side.len() as u32;
+        item.side.end = offset32(self.side.len());
         self.items.push(item);
-        if self.body.len() >= self.limits.max_bytes || self.items.len() >= self.limits.max_docs {
+        if self.bytes() >= self.limits.max_bytes || self.items.len() >= self.limits.max_docs {
             out.extend(self.take());
         }
     }
 
+    /// Bytes held by the batch being built (body and side buffer).
+    fn bytes(&self) -> usize {
+        self.body.len() + self.side.len()
+    }
+
     /// Writes the action line and document; returns the doc range, payload start, and whether the
     /// payload had to be changed (newlines replaced).
-    fn encode<'a, H>(&mut self, record: &RecordRef<'a, H>) -> Result<(Range<u32>, u32, bool), String>
+    fn encode<'a, H>(&mut self, record: &RecordRef<'a, H>) -> Result<(Range<u32>, u32, bool), (&'static str, String)>
     where
         H: IntoIterator<Item = (&'a str, Option<&'a [u8]>)> + Clone,
     {
-        let headers = Headers::from_pairs(record.headers.clone()).map_err(|e| e.to_string())?;
+        let violation = |reason: String| (CONTRACT_VIOLATION, reason);
+        let headers = Headers::from_pairs(record.headers.clone()).map_err(|e| violation(e.to_string()))?;
         let payload = record.payload.unwrap_or_default();
         if payload.iter().all(u8::is_ascii_whitespace) {
-            return Err("empty payload".into());
+            return Err(violation("empty payload".into()));
         }
         if headers.id.is_empty() {
-            return Err("empty header `sluice.id`".into());
+            return Err(violation("empty header `sluice.id`".into()));
         }
-        self.resolve_index(&headers.ts, &headers.ns)?;
+        self.resolve_index(&headers.ts, &headers.ns).map_err(violation)?;
+        if self.cache_expired {
+            match self.late_policy {
+                LatePolicy::DeadLetter => {
+                    self.late.0 += 1;
+                    return Err((
+                        RETENTION_EXPIRED,
+                        format!(
+                            "index {} is older than retention.days (cutoff {}): it would be deleted by the next retention sweep",
+                            self.index,
+                            self.cutoff.map(|c| c.to_string()).unwrap_or_default()
+                        ),
+                    ));
+                }
+                LatePolicy::Index => self.late.1 += 1,
+            }
+        }
         let start = self.body.len();
         self.body.extend_from_slice(b"{\"create\":{\"_index\":\"");
         self.body.extend_from_slice(self.index.as_bytes());
@@ -242,7 +325,7 @@ impl Batcher {
             self.body.extend_from_slice(payload);
         }
         self.body.push(b'\n');
-        Ok((start as u32..self.body.len() as u32, payload_start as u32, modified))
+        Ok((offset32(start)..offset32(self.body.len()), offset32(payload_start), modified))
     }
 
     /// Makes `self.index` the index of a record with these headers.
@@ -258,6 +341,8 @@ impl Batcher {
         self.cached = false;
         self.index.clear();
         self.pattern.render_into(ts, ns, &mut self.index).map_err(|e| e.to_string())?;
+        self.cache_expired =
+            self.cutoff.is_some_and(|cutoff| self.pattern.date_of(&self.index).is_some_and(|d| d < cutoff));
         if utc {
             self.cached = true;
             self.cache_key.clear();
@@ -296,6 +381,12 @@ impl Batcher {
     }
 }
 
+/// A buffer position as stored in an [`Item`]. Batches stay far below 4 GiB (see
+/// [`Limits::max_bytes`]); a wrap would corrupt dead letters silently, so it is a bug that stops.
+fn offset32(n: usize) -> u32 {
+    u32::try_from(n).expect("batch buffers stay below 4 GiB (batch.max_bytes <= 1 GiB)")
+}
+
 /// Compact encoding of key, headers and (optionally) payload in the side buffer.
 mod side {
     use super::SideRecord;
@@ -305,7 +396,7 @@ mod side {
     fn put_bytes(out: &mut Vec<u8>, value: Option<&[u8]>) {
         match value {
             Some(v) => {
-                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                out.extend_from_slice(&super::offset32(v.len()).to_le_bytes());
                 out.extend_from_slice(v);
             }
             None => out.extend_from_slice(&NONE.to_le_bytes()),
@@ -518,5 +609,41 @@ mod tests {
         assert!(text.contains("\"_id\":\"id1\"") && text.contains("\"_id\":\"id3\""));
         assert_eq!(retry.document(&retry.items[1]), b"{\"n\":3}");
         assert_eq!(retry.original(&retry.items[0]).headers[0].1.as_deref(), Some(&b"id1"[..]));
+    }
+
+    // Issue #9, scenario 17: bytes kept aside (records without headers, rewritten newlines) count
+    // toward `batch.max_bytes` too.
+    #[test]
+    fn side_buffer_counts_toward_the_byte_limit() {
+        let mut b = batcher(4096, 10_000);
+        let mut out = Vec::new();
+        let payload = format!("{{\"message\":\"{}\"}}", "z".repeat(1000));
+        for i in 0..50 {
+            // No contract headers: rejected up front, the payload lives in the side buffer only.
+            b.push(
+                RecordRef {
+                    partition: 0,
+                    offset: i,
+                    key: None,
+                    payload: Some(payload.as_bytes()),
+                    headers: [].into_iter(),
+                },
+                &mut out,
+            );
+        }
+        let multiline = format!("{{\n\"message\":\"{}\"\n}}", "n".repeat(1000));
+        for i in 50..100 {
+            push(&mut b, i, &format!("id{i}"), multiline.as_bytes(), &mut out);
+        }
+        out.extend(b.take());
+        assert_eq!(out.iter().map(|b| b.items.len()).sum::<usize>(), 100);
+        for batch in &out {
+            let bytes = batch.body.len() + batch.side.len();
+            assert!(
+                bytes <= 4096 + 1200,
+                "batch of {} records holds {bytes} bytes for max_bytes 4096",
+                batch.items.len()
+            );
+        }
     }
 }

@@ -113,6 +113,10 @@ pub struct KafkaConfig {
     /// refetching. Also the longest delay of a rebalance callback.
     #[serde(with = "humantime_serde")]
     pub pause_after: Duration,
+    /// A partition whose unsettled span (offsets from its first unsettled record to the last one
+    /// read) exceeds this is paused alone until the span halves: one stuck record holds back only
+    /// its partition, and only this many offsets are re-read after a restart.
+    pub max_unsettled_span: u64,
     /// Extra librdkafka properties (e.g. `security.protocol`, `sasl.*`); values are redacted in logs.
     pub properties: BTreeMap<String, Secret>,
 }
@@ -127,10 +131,13 @@ impl Default for KafkaConfig {
             replication_factor: None,
             session_timeout: Duration::from_secs(45),
             max_poll_interval: Duration::from_secs(300),
-            revoke_timeout: Duration::from_secs(30),
+            // Shutdown waits this long once; with the commit and leaving the group it must fit
+            // Kubernetes' default 30 s grace period.
+            revoke_timeout: Duration::from_secs(20),
             commit_interval: Duration::from_secs(1),
             prefetch_bytes: ByteSize::mib(8),
             pause_after: Duration::from_millis(500),
+            max_unsettled_span: 1_000_000,
             properties: BTreeMap::new(),
         }
     }
@@ -147,6 +154,7 @@ impl Validate for KafkaConfig {
         p.check(!self.commit_interval.is_zero(), "commit_interval", "must be positive");
         p.check(self.prefetch_bytes.0 >= 1024, "prefetch_bytes", "must be at least 1KiB");
         p.check(self.pause_after <= Duration::from_secs(10), "pause_after", "must be at most 10s");
+        p.check(self.max_unsettled_span >= 1000, "max_unsettled_span", "must be at least 1000");
         for key in self.properties.keys() {
             const OWNED: [&str; 6] = [
                 "bootstrap.servers",
@@ -167,8 +175,9 @@ impl Validate for KafkaConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ElasticsearchConfig {
-    /// One or more node URLs; requests go round-robin over the healthy ones.
-    pub urls: Vec<String>,
+    /// One or more node URLs; requests go round-robin over the healthy ones. A `user:password@`
+    /// in a URL is a secret: redacted in `Debug`, problems and logs.
+    pub urls: Vec<SecretUrl>,
     /// Target index pattern: `%Y`, `%m`, `%d`, `%H` from the record's `sluice.ts` (UTC), and
     /// `{namespace}` from `sluice.ns` for per-namespace indices.
     pub index: String,
@@ -208,10 +217,11 @@ impl Validate for ElasticsearchConfig {
     fn validate(&self, p: &mut Problems) {
         p.check(!self.urls.is_empty(), "urls", "must not be empty");
         for (i, url) in self.urls.iter().enumerate() {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                p.push(&format!("urls[{i}]"), format!("`{url}` must start with http:// or https://"));
-            } else if elasticsearch::http::Url::parse(url).is_err() {
-                p.push(&format!("urls[{i}]"), format!("`{url}` is not a valid URL"));
+            let (raw, shown) = (url.expose(), url.redacted());
+            if !(raw.starts_with("http://") || raw.starts_with("https://")) {
+                p.push(&format!("urls[{i}]"), format!("`{shown}` must start with http:// or https://"));
+            } else if elasticsearch::http::Url::parse(raw).is_err() {
+                p.push(&format!("urls[{i}]"), format!("`{shown}` is not a valid URL"));
             }
         }
         if let Err(err) = IndexPattern::parse(&self.index) {
@@ -415,7 +425,14 @@ pub struct RetryConfig {
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
     /// Attempts per item before it is dead-lettered (`retries_exhausted`); 0 = unlimited.
+    /// Blocked items (refused writes) are exempt: they are bounded by `give_up_after`.
     pub max_attempts: u32,
+    /// How long an item may keep failing (retried or blocked, from its first failed attempt)
+    /// before it is dead-lettered as `retries_exhausted` with the last reason; 0 = never. Failures
+    /// of whole requests (no node, timeouts, 5xx, refused credentials) do not count: they say
+    /// nothing about the record.
+    #[serde(with = "humantime_serde")]
+    pub give_up_after: Duration,
 }
 
 impl Default for RetryConfig {
@@ -424,6 +441,7 @@ impl Default for RetryConfig {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),
             max_attempts: 0,
+            give_up_after: Duration::from_secs(3600),
         }
     }
 }
@@ -444,11 +462,25 @@ pub struct RetentionConfig {
     /// How often old indices are looked for.
     #[serde(with = "humantime_serde")]
     pub check_interval: Duration,
+    /// Records whose index date is already older than `days` (they would create an index the next
+    /// sweep deletes): `dead_letter` (default, type `retention_expired`) or `index` (counted only).
+    pub late_records: LatePolicy,
+}
+
+/// What to do with a record whose target index is older than `retention.days`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatePolicy {
+    /// Dead-letter it as `retention_expired` (kept, replayable).
+    #[default]
+    DeadLetter,
+    /// Index it anyway (the next sweep deletes it); counted in `late_records_total`.
+    Index,
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        RetentionConfig { days: 0, check_interval: Duration::from_secs(3600) }
+        RetentionConfig { days: 0, check_interval: Duration::from_secs(3600), late_records: LatePolicy::default() }
     }
 }
 
@@ -478,6 +510,102 @@ impl Validate for DeadLetterConfig {
     fn validate(&self, p: &mut Problems) {
         p.check(!self.topic.is_empty(), "topic", "must not be empty");
         p.check(self.partitions >= 1, "partitions", "must be at least 1");
+    }
+}
+
+impl IndexerConfig {
+    /// Settings that are accepted but unsafe, as `key: message` lines to log at start: credentials
+    /// (basic auth, an API key, or `user:password@` in a URL) sent over plain `http://`.
+    pub fn warnings(&self) -> Vec<String> {
+        let es = &self.elasticsearch;
+        let configured = !es.auth.username.is_empty() || !es.auth.api_key.is_empty();
+        let mut out = Vec::new();
+        for (i, url) in es.urls.iter().enumerate() {
+            let parsed = elasticsearch::http::Url::parse(url.expose()).ok();
+            let in_url = parsed.as_ref().is_some_and(|u| !u.username().is_empty() || u.password().is_some());
+            if url.expose().starts_with("http://") && (configured || in_url) {
+                let what = if !es.auth.api_key.is_empty() { "an API key" } else { "basic-auth credentials" };
+                out.push(format!(
+                    "elasticsearch.urls[{i}]: {what} would be sent in plain text over `{}`; use https://",
+                    url.redacted_parsed()
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// A URL that may carry `user:password@`: `Debug` and [`SecretUrl::redacted`] show it without.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// The URL as configured, credentials included; use only to build a client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any `user:password@` replaced by `***@` (also for text that is not a valid URL).
+    pub fn redacted(&self) -> String {
+        redact_userinfo(&self.0)
+    }
+
+    /// The normalised URL without credentials when it parses (e.g. `http://es:9200/`), else
+    /// [`SecretUrl::redacted`].
+    fn redacted_parsed(&self) -> String {
+        match elasticsearch::http::Url::parse(&self.0) {
+            Ok(mut url) => {
+                let _ = url.set_username("");
+                let _ = url.set_password(None);
+                url.to_string()
+            }
+            Err(_) => self.redacted(),
+        }
+    }
+}
+
+/// Replaces the user-info part of a URL-like text (`scheme://user:pass@host…` or `user:pass@host`)
+/// with `***`.
+pub fn redact_userinfo(text: &str) -> String {
+    let (scheme, rest) = match text.find("://") {
+        Some(at) => text.split_at(at + 3),
+        None => ("", text),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}***{}", &rest[at..]),
+        None => text.to_owned(),
+    }
+}
+
+impl From<&str> for SecretUrl {
+    fn from(url: &str) -> Self {
+        SecretUrl(url.to_owned())
+    }
+}
+
+impl From<String> for SecretUrl {
+    fn from(url: String) -> Self {
+        SecretUrl(url)
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.redacted(), f)
+    }
+}
+
+impl Serialize for SecretUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Serialised only to learn the configuration's shape.
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(SecretUrl)
     }
 }
 
@@ -657,5 +785,50 @@ mod tests {
         assert_eq!(ByteSize::parse("1GB").unwrap().0, 1_000_000_000);
         assert!(ByteSize::parse("MiB").is_err());
         assert!(ByteSize::parse("5XB").is_err());
+    }
+
+    // Issue #9, scenario 20: credentials in URLs stay out of problems, `--check-config` and `Debug`.
+    #[test]
+    fn credentials_in_urls_never_appear_in_problems_or_debug() {
+        for url in ["ftp://elastic:hunter2@es:9200", "http://elastic:hunter2@es:notaport", "elastic:hunter2@es:9200"] {
+            let problems = load_with(&[&format!("elasticsearch.urls={url}")], &[]).unwrap_err();
+            assert!(!problems.is_empty());
+            for p in &problems {
+                assert!(!p.contains("hunter2"), "password in problem: {p}");
+            }
+        }
+        let c = load_with(&["elasticsearch.urls=https://elastic:hunter2@es:9200"], &[]).unwrap();
+        let debug = format!("{c:?} {:?}", c.elasticsearch);
+        assert!(!debug.contains("hunter2"), "password in Debug: {debug}");
+        assert_eq!(c.elasticsearch.urls[0].expose(), "https://elastic:hunter2@es:9200");
+    }
+
+    // Issue #9, scenario 20: credentials over plain http:// are accepted, with a warning.
+    #[test]
+    fn credentials_over_plain_http_are_warned_about() {
+        let warned = |sets: &[&str]| load_with(sets, &[]).unwrap().warnings();
+        assert!(
+            warned(&[
+                "elasticsearch.urls=https://es:9200",
+                "elasticsearch.auth.username=u",
+                "elasticsearch.auth.password=p"
+            ])
+            .is_empty()
+        );
+        assert!(warned(&["elasticsearch.urls=http://es:9200"]).is_empty());
+        let w = warned(&[
+            "elasticsearch.urls=http://es:9200",
+            "elasticsearch.auth.username=u",
+            "elasticsearch.auth.password=p",
+        ]);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("elasticsearch.urls[0]") && w[0].contains("http://es:9200/") && w[0].contains("plain"),
+            "{w:?}"
+        );
+        assert_eq!(warned(&["elasticsearch.urls=http://es:9200,https://b:1", "elasticsearch.auth.api_key=k"]).len(), 1);
+        let w = warned(&["elasticsearch.urls=http://u:hunter2@es:9200"]);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(!w[0].contains("hunter2"));
     }
 }

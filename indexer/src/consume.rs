@@ -25,14 +25,14 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{Batch, Batcher, RecordRef};
-use crate::bulk::Backlog;
+use crate::backlog::Backlog;
+use crate::batch::{Batch, Batcher, LatePolicy, RecordRef};
 use crate::config::IndexerConfig;
 use crate::metrics::Metrics;
 use crate::settle::Tracker;
@@ -67,6 +67,15 @@ pub struct Shared {
     max_in_flight_bytes: usize,
     pause_after: Duration,
     paused: AtomicBool,
+    /// `kafka.max_unsettled_span`: a partition whose unsettled span exceeds it is paused alone.
+    max_unsettled_span: u64,
+    /// Partitions paused because their unsettled span is too long (see [`Shared::bound_spans`]).
+    span_paused: Mutex<Vec<i32>>,
+    /// Set when shutdown starts: every later revocation (the one librdkafka runs while closing)
+    /// shares this deadline instead of waiting `kafka.revoke_timeout` again.
+    shutdown_deadline: Mutex<Option<Instant>>,
+    retention_days: u32,
+    late_policy: LatePolicy,
 }
 
 impl Shared {
@@ -90,6 +99,11 @@ impl Shared {
             max_in_flight_bytes: config.batch.max_in_flight_bytes.as_usize(),
             pause_after: config.kafka.pause_after,
             paused: AtomicBool::new(false),
+            max_unsettled_span: config.kafka.max_unsettled_span,
+            span_paused: Mutex::new(Vec::new()),
+            shutdown_deadline: Mutex::new(None),
+            retention_days: config.retention.days,
+            late_policy: config.retention.late_records,
         }
     }
 
@@ -114,9 +128,16 @@ impl Shared {
         const STACK: usize = 8;
         let headers = message.headers();
         let count = headers.map_or(0, |h| h.count());
-        let pair = |i| {
-            let h = headers.expect("count > 0 means headers").get(i);
-            (h.key, h.value)
+        let mut bad_key: Option<usize> = None;
+        let mut pair = |i: usize| {
+            let Some((key, value)) = headers.and_then(|h| header_at(h, i)) else { return ("", None) };
+            match std::str::from_utf8(key) {
+                Ok(key) => (key, value),
+                Err(_) => {
+                    bad_key.get_or_insert(i);
+                    ("", value)
+                }
+            }
         };
         let mut stack: [(&str, Option<&[u8]>); STACK] = [("", None); STACK];
         let heap: Vec<(&str, Option<&[u8]>)>;
@@ -126,20 +147,57 @@ impl Shared {
             }
             &stack[..count]
         } else {
-            heap = (0..count).map(pair).collect();
+            heap = (0..count).map(&mut pair).collect();
             &heap[..]
         };
-        let record = RecordRef {
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key(),
-            payload: message.payload(),
-            headers: pairs.iter().copied(),
-        };
-        self.batcher.lock().expect("batcher lock").push(record, out);
+        let mut batcher = self.batcher.lock().expect("batcher lock");
+        if let Some(first_bad) = bad_key {
+            // A header key that is not UTF-8 breaks the contract (and rdkafka's `Headers::get` and
+            // `try_get` would panic on it): dead-letter the record, keys written lossily.
+            let lossy: Vec<(String, Option<&[u8]>)> = (0..count)
+                .map(|i| {
+                    let (key, value) = headers.and_then(|h| header_at(h, i)).unwrap_or((&[], None));
+                    (String::from_utf8_lossy(key).into_owned(), value)
+                })
+                .collect();
+            let reason = format!(
+                "header key {:?} (#{first_bad}) is not UTF-8; keys are written to the dead letter with U+FFFD",
+                lossy[first_bad].0
+            );
+            let record = RecordRef {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key(),
+                payload: message.payload(),
+                headers: lossy.iter().map(|(k, v)| (k.as_str(), *v)),
+            };
+            batcher.push_rejected(record, reason, out);
+        } else {
+            let record = RecordRef {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key(),
+                payload: message.payload(),
+                headers: pairs.iter().copied(),
+            };
+            batcher.push(record, out);
+        }
+        drop(batcher);
         for batch in out.drain(..) {
             self.dispatch(batch);
         }
+    }
+
+    /// Refreshes the retention cutoff of the batcher (the date moves) and counts late records.
+    fn retention_tick(&self) {
+        let mut batcher = self.batcher.lock().expect("batcher lock");
+        let cutoff = (self.retention_days > 0).then(|| {
+            time::OffsetDateTime::now_utc().date().saturating_sub(time::Duration::days(i64::from(self.retention_days)))
+        });
+        batcher.set_retention(cutoff, self.late_policy);
+        let (dead_lettered, indexed) = batcher.take_late();
+        drop(batcher);
+        self.metrics.late_records(dead_lettered, indexed);
     }
 
     /// Dispatches the pending batch now.
@@ -202,7 +260,20 @@ impl Shared {
     }
 
     fn set_paused<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, pause: bool) {
-        let Ok(assignment) = consumer.assignment() else { return };
+        let Ok(mut assignment) = consumer.assignment() else { return };
+        if !pause {
+            // Partitions paused for their unsettled span stay paused.
+            let span_paused = self.span_paused.lock().expect("span lock").clone();
+            if !span_paused.is_empty() {
+                let mut keep = TopicPartitionList::new();
+                for e in assignment.elements() {
+                    if !(e.topic() == self.topic && span_paused.contains(&e.partition())) {
+                        keep.add_partition(e.topic(), e.partition());
+                    }
+                }
+                assignment = keep;
+            }
+        }
         let result = if pause {
             consumer.pause(&assignment)
         } else {
@@ -237,6 +308,70 @@ impl Shared {
         }
     }
 
+    /// Pauses each partition whose unsettled span (first unsettled offset to last dispatched one)
+    /// exceeds `kafka.max_unsettled_span`, and resumes it once the span fell below half of it. One
+    /// stuck record then holds back its own partition only, by a bounded number of offsets (what a
+    /// restart re-reads), while the others go on.
+    fn bound_spans<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
+        let spans = self.tracker.lock().expect("tracker lock").spans();
+        let mut span_paused = self.span_paused.lock().expect("span lock");
+        let mut pause = TopicPartitionList::new();
+        let mut resume = TopicPartitionList::new();
+        for (partition, span) in spans {
+            let paused = span_paused.contains(&partition);
+            if !paused && span > self.max_unsettled_span {
+                pause.add_partition(&self.topic, partition);
+                span_paused.push(partition);
+                tracing::warn!(
+                    partition,
+                    span,
+                    max = self.max_unsettled_span,
+                    "partition paused: a record far behind is still not settled (kafka.max_unsettled_span)"
+                );
+            } else if paused && span <= self.max_unsettled_span / 2 {
+                span_paused.retain(|&p| p != partition);
+                if !self.paused.load(Ordering::Relaxed) {
+                    resume.add_partition(&self.topic, partition);
+                }
+                tracing::info!(partition, span, "partition resumed: its unsettled span is short again");
+            }
+        }
+        // Partitions no longer assigned are forgotten.
+        let assigned = self.tracker.lock().expect("tracker lock").partitions();
+        span_paused.retain(|p| assigned.contains(p));
+        self.metrics.span_paused_partitions.set(span_paused.len() as i64);
+        drop(span_paused);
+        if pause.count() > 0
+            && let Err(err) = consumer.pause(&pause)
+        {
+            tracing::warn!(error = %err, "cannot pause partitions");
+        }
+        if resume.count() > 0 {
+            if let Err(err) = consumer.resume(&resume) {
+                tracing::warn!(error = %err, "cannot resume partitions");
+            } else {
+                self.seek_to_position(consumer, &resume);
+            }
+        }
+    }
+
+    /// Restarts fetching of resumed partitions at once (see [`Shared::set_paused`]).
+    fn seek_to_position<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, partitions: &TopicPartitionList) {
+        let Ok(positions) = consumer.position() else { return };
+        let mut seek = TopicPartitionList::new();
+        for e in positions.elements() {
+            let wanted = partitions.elements().iter().any(|p| p.topic() == e.topic() && p.partition() == e.partition());
+            if let (true, Offset::Offset(o)) = (wanted, e.offset()) {
+                let _ = seek.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o));
+            }
+        }
+        if seek.count() > 0
+            && let Err(err) = consumer.seek_partitions(seek, Duration::ZERO)
+        {
+            tracing::debug!(error = %err, "seek after resume failed; fetching resumes on librdkafka's timer");
+        }
+    }
+
     /// Waits until `partitions` have nothing in flight, or the deadline passes.
     fn wait_settled(&self, partitions: &[i32], deadline: Instant) -> bool {
         loop {
@@ -263,7 +398,10 @@ impl Shared {
         self.metrics.rebalance(if lost { "lost" } else { "revoke" });
         let started = Instant::now();
         self.flush();
-        let settled = !lost && self.wait_settled(&partitions, started + self.revoke_timeout);
+        // During shutdown the drain already waited: share its deadline, never wait twice.
+        let shutdown = *self.shutdown_deadline.lock().expect("deadline lock");
+        let deadline = shutdown.map_or(started + self.revoke_timeout, |d| d.min(started + self.revoke_timeout));
+        let settled = !lost && self.wait_settled(&partitions, deadline);
         if !lost {
             self.commit(consumer, Some(&partitions), CommitMode::Sync);
         }
@@ -424,6 +562,7 @@ pub fn run(
     let mut last_error: Option<Instant> = None;
     let mut full_since: Option<Instant> = None;
     let max_bytes = shared.max_in_flight_bytes;
+    shared.retention_tick();
     while !shutdown.is_cancelled() {
         let full = Shared::full(&shared.backlog, max_bytes);
         let full_for = if full {
@@ -445,6 +584,7 @@ pub fn run(
             shared.backlog.wait_progress(wait, |b| !Shared::full(b, max_bytes));
             if last_commit.elapsed() >= commit_interval {
                 shared.commit(&consumer, None, CommitMode::Async);
+                shared.bound_spans(&consumer);
                 last_commit = Instant::now();
             }
             continue;
@@ -487,13 +627,16 @@ pub fn run(
         }
         if last_commit.elapsed() >= commit_interval {
             shared.commit(&consumer, None, CommitMode::Async);
+            shared.bound_spans(&consumer);
+            shared.retention_tick();
             last_commit = Instant::now();
         }
     }
     tracing::info!("draining: no more records are read; waiting for in-flight records to settle");
+    let deadline = Instant::now() + shared.revoke_timeout;
+    *shared.shutdown_deadline.lock().expect("deadline lock") = Some(deadline);
     shared.flush();
     shared.set_paused(&consumer, true);
-    let deadline = Instant::now() + shared.revoke_timeout;
     loop {
         let in_flight = shared.tracker.lock().expect("tracker lock").total_in_flight();
         if in_flight == 0 || Instant::now() >= deadline {
@@ -513,4 +656,29 @@ pub fn run(
     // Dropping the consumer leaves the group (the revoke callback commits once more).
     drop(consumer);
     tracing::info!("consumer closed");
+}
+
+/// Header `idx` as raw bytes. rdkafka's `Headers::get` and `Headers::try_get` both `unwrap` the
+/// UTF-8 conversion of the key, so one record with a non-UTF-8 header key would panic the consumer
+/// thread; this reads the same librdkafka accessor without the conversion.
+#[allow(unsafe_code)]
+fn header_at(headers: &BorrowedHeaders, idx: usize) -> Option<(&[u8], Option<&[u8]>)> {
+    use rdkafka::bindings::{rd_kafka_header_get_all, rd_kafka_headers_t, rd_kafka_resp_err_t};
+    let ptr = headers as *const BorrowedHeaders as *const rd_kafka_headers_t;
+    let mut name: *const std::ffi::c_char = std::ptr::null();
+    let mut value: *const std::ffi::c_void = std::ptr::null();
+    let mut size: usize = 0;
+    // SAFETY: `BorrowedHeaders` is rdkafka's zero-sized view of the `rd_kafka_headers_t` it
+    // points to (its own `try_get` casts the same way), alive as long as `headers`; librdkafka
+    // returns pointers into that list (name NUL-terminated, value `size` bytes or NULL), which
+    // live as long as the message, hence as long as `headers`.
+    unsafe {
+        let err = rd_kafka_header_get_all(ptr, idx, &mut name, &mut value, &mut size);
+        if err != rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+            return None;
+        }
+        let key = std::ffi::CStr::from_ptr(name).to_bytes();
+        let value = (!value.is_null()).then(|| std::slice::from_raw_parts(value.cast::<u8>(), size));
+        Some((key, value))
+    }
 }

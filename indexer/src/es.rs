@@ -220,7 +220,7 @@ impl NodePool {
         };
         let mut nodes = Vec::new();
         for raw in &config.urls {
-            let mut url = Url::parse(raw).map_err(|_| BuildError::Url(redact(raw)))?;
+            let mut url = Url::parse(raw.expose()).map_err(|_| BuildError::Url(raw.redacted()))?;
             let mut credentials = credentials(config);
             if !url.username().is_empty() {
                 // Credentials in the URL are moved to the Authorization header (and out of logs).

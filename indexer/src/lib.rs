@@ -11,8 +11,10 @@
 //!   limited by bytes, documents and linger.
 //! - [`index`]: target index names from `sluice.ts` / `sluice.ns` and the `elasticsearch.index`
 //!   pattern.
-//! - [`bulk`]: sends batches, classifies every item (settle / retry / dead-letter / blocked),
-//!   retries with backoff, splits rejected requests.
+//! - [`bulk`]: sends batches ([`bulk::deliver`]), classifies every item and request
+//!   ([`bulk::classify`]: settle / retry / dead-letter / blocked), retries with backoff, splits
+//!   rejected requests.
+//! - [`backlog`]: bytes and batches between consume and bulk (the consumer's back-pressure).
 //! - [`es`]: node pool — round-robin, per-node circuit breaker, TLS, basic auth / API key,
 //!   Elasticsearch-vs-OpenSearch detection.
 //! - [`settle`]: per-partition settled-prefix tracking: what may be committed.
@@ -24,6 +26,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`pipeline`]: the `run` subcommand wiring it all together.
 
+pub mod backlog;
 pub mod backoff;
 pub mod batch;
 pub mod bulk;

@@ -56,6 +56,17 @@ pub struct Metrics {
     pub node_up: Family<Labels, Gauge>,
     /// Indices deleted by retention.
     pub retention_deleted: Counter,
+    /// Records whose index was already older than `retention.days`, by `action`
+    /// (`dead_lettered`, `indexed`).
+    pub late_records: Family<Labels, Counter>,
+    /// Partitions paused because their unsettled span exceeds `kafka.max_unsettled_span`.
+    pub span_paused_partitions: Gauge,
+    /// Dead letters written with their payload truncated to fit the dead-letter topic.
+    pub dead_letters_truncated: Counter,
+    /// Failed dead-letter writes, by `reason` (`permanent`: will not succeed by retrying).
+    pub dead_letter_failures: Family<Labels, Counter>,
+    /// 1 while the dead-letter topic refuses writes for a reason retrying does not fix.
+    pub dead_letter_blocked: Gauge,
 }
 
 impl Default for Metrics {
@@ -80,6 +91,11 @@ impl Default for Metrics {
             write_blocked: Gauge::default(),
             node_up: Family::default(),
             retention_deleted: Counter::default(),
+            late_records: Family::default(),
+            span_paused_partitions: Gauge::default(),
+            dead_letters_truncated: Counter::default(),
+            dead_letter_failures: Family::default(),
+            dead_letter_blocked: Gauge::default(),
         }
     }
 }
@@ -120,6 +136,27 @@ impl Metrics {
         );
         r.register("node_up", "1 per Elasticsearch node whose circuit breaker is closed", m.node_up.clone());
         r.register("retention_deleted_indices", "Indices deleted by retention", m.retention_deleted.clone());
+        r.register(
+            "late_records",
+            "Records whose index is already older than retention.days, by action",
+            m.late_records.clone(),
+        );
+        r.register(
+            "span_paused_partitions",
+            "Partitions paused because their unsettled span exceeds kafka.max_unsettled_span",
+            m.span_paused_partitions.clone(),
+        );
+        r.register(
+            "dead_letters_truncated",
+            "Dead letters written with a truncated payload to fit the dead-letter topic",
+            m.dead_letters_truncated.clone(),
+        );
+        r.register("dead_letter_failures", "Failed dead-letter writes, by reason", m.dead_letter_failures.clone());
+        r.register(
+            "dead_letter_blocked",
+            "1 while the dead-letter topic refuses writes permanently (authorization, size, fatal producer)",
+            m.dead_letter_blocked.clone(),
+        );
         m
     }
 
@@ -171,6 +208,21 @@ impl Metrics {
     /// Sets a node's breaker state.
     pub fn node(&self, url: &str, up: bool) {
         self.node_up.get_or_create(&label("url", url)).set(i64::from(up));
+    }
+
+    /// Counts late records (see `retention.late_records`).
+    pub fn late_records(&self, dead_lettered: u64, indexed: u64) {
+        if dead_lettered > 0 {
+            self.late_records.get_or_create(&label("action", "dead_lettered")).inc_by(dead_lettered);
+        }
+        if indexed > 0 {
+            self.late_records.get_or_create(&label("action", "indexed")).inc_by(indexed);
+        }
+    }
+
+    /// Counts a failed dead-letter write.
+    pub fn dead_letter_failure(&self, reason: &str) {
+        self.dead_letter_failures.get_or_create(&label("reason", reason)).inc();
     }
 
     /// Counts a concurrency limit change.

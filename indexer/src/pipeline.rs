@@ -9,8 +9,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::backlog::Backlog;
 use crate::batch::{Batcher, Limits};
-use crate::bulk::{Backlog, Sink};
+use crate::bulk::Sink;
 use crate::config::IndexerConfig;
 use crate::consume::{self, Shared};
 use crate::dlq::DeadLetters;
@@ -36,6 +37,9 @@ pub enum Error {
     /// The consumer thread could not be started.
     #[error("cannot start the consumer thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// A stage died (a panic): the process must end so that it is restarted, not hang.
+    #[error("{0}")]
+    StageDied(String),
 }
 
 /// Retries `f` with a growing pause until it succeeds or `shutdown` fires (then `None`).
@@ -74,6 +78,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let pattern = IndexPattern::parse(&config.elasticsearch.index)?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let pool = Arc::new(NodePool::new(&config.elasticsearch)?);
     tracing::info!(nodes = ?pool.urls(), index = %config.elasticsearch.index, "connecting to Elasticsearch");
 
@@ -127,16 +134,18 @@ async fn run_pipeline(
     let tracker = Arc::new(Mutex::new(Tracker::new()));
     let backlog = Arc::new(Backlog::default());
     let dlq = Arc::new(DeadLetters::new(&config)?);
-    let sink = Arc::new(Sink {
-        pool: pool.clone(),
-        gate: Arc::new(WriteGate::new(config.elasticsearch.blocked_probe_interval)),
-        tracker: tracker.clone(),
+    let sink = Arc::new(Sink::new(
+        pool.clone(),
+        Arc::new(WriteGate::new(config.elasticsearch.blocked_probe_interval)),
+        limiter.clone(),
+        tracker.clone(),
         dlq,
-        metrics: metrics.clone(),
-        retry: config.retry.clone(),
-        request_timeout: config.elasticsearch.request_timeout,
-        backlog: backlog.clone(),
-    });
+        metrics.clone(),
+        health.clone(),
+        config.retry.clone(),
+        config.elasticsearch.request_timeout,
+        backlog.clone(),
+    ));
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let limits = Limits {
@@ -153,14 +162,17 @@ async fn run_pipeline(
         tx,
     ));
     let consumer = consume::create(&config, shared.clone())?;
+    // The consumer stops on shutdown, or when another stage died.
+    let stop = shutdown.child_token();
     let consumer_done = CancellationToken::new();
     let thread = {
         let done = consumer_done.clone();
-        let stop = shutdown.clone();
+        let stop = stop.clone();
         let interval = config.kafka.commit_interval;
         std::thread::Builder::new().name("kafka-consumer".into()).spawn(move || {
+            // Cancelled however the thread ends, a panic included: nobody waits for a dead thread.
+            let _done = done.drop_guard();
             consume::run(consumer, shared, interval, stop);
-            done.cancel();
         })?
     };
 
@@ -178,10 +190,18 @@ async fn run_pipeline(
 
     // Dispatcher: one task per batch, started when the concurrency limiter has a slot.
     let mut tasks = JoinSet::new();
+    let mut died: Option<String> = None;
     loop {
         let dispatched = tokio::select! {
             d = rx.recv() => d,
             _ = consumer_done.cancelled() => None,
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Some(why) = task_death(joined) {
+                    died = Some(why);
+                    break;
+                }
+                continue;
+            }
         };
         let Some(dispatched) = dispatched else { break };
         // When the limit is reached this batch waits; the consumer reads one batch ahead, then
@@ -203,13 +223,34 @@ async fn run_pipeline(
                 break;
             }
         }
-        while tasks.try_join_next().is_some() {}
     }
     health.set_not_ready("shutting down");
+    if died.is_none() && !stop.is_cancelled() && consumer_done.is_cancelled() {
+        died = Some("the Kafka consumer thread stopped unexpectedly".into());
+    }
+    if let Some(why) = &died {
+        tracing::error!("{why}; stopping the indexer (exit code 1) so that it is restarted");
+        stop.cancel();
+    }
     // The consumer thread has drained (or given up after kafka.revoke_timeout) and left the
-    // group: whatever is still in flight belongs to partitions we no longer own.
-    consumer_done.cancelled().await;
-    while tasks.try_join_next().is_some() {}
+    // group: whatever is still in flight belongs to partitions we no longer own. Batches keep
+    // being delivered meanwhile (the drain waits for them).
+    loop {
+        tokio::select! {
+            _ = consumer_done.cancelled() => break,
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Some(why) = task_death(joined) {
+                    died.get_or_insert(why);
+                }
+            }
+            Some(d) = rx.recv() => backlog_drop(&backlog, d),
+        }
+    }
+    while let Some(joined) = tasks.try_join_next() {
+        if let Some(why) = task_death(joined) {
+            died.get_or_insert(why);
+        }
+    }
     if !tasks.is_empty() {
         tracing::info!(tasks = tasks.len(), "abandoning unsettled batches (re-delivered to the next owner)");
     }
@@ -218,9 +259,49 @@ async fn run_pipeline(
     side_tasks.cancel();
     let _ = retention.await;
     let _ = nodes.await;
-    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-    tracing::info!("indexer stopped");
-    Ok(())
+    match tokio::task::spawn_blocking(move || thread.join()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(panic)) => {
+            died.get_or_insert(format!("the Kafka consumer thread panicked: {}", panic_text(&*panic)));
+        }
+        Err(err) => {
+            died.get_or_insert(format!("cannot join the Kafka consumer thread: {err}"));
+        }
+    }
+    match died {
+        Some(why) => Err(Error::StageDied(why)),
+        None => {
+            tracing::info!("indexer stopped");
+            Ok(())
+        }
+    }
+}
+
+/// A batch dispatched after the bulk stage stopped taking them: not delivered, not committed.
+fn backlog_drop(backlog: &Backlog, dispatched: consume::Dispatched) {
+    backlog.started();
+    backlog.release(dispatched.memory);
+}
+
+/// Why a delivery task ended abnormally (a panic), or `None` for a normal end. A panicking
+/// task leaves its records unsettled forever (their partition's commits stop there): the
+/// process must end and be restarted, not run on with a hole.
+fn task_death(joined: Result<(), tokio::task::JoinError>) -> Option<String> {
+    match joined {
+        Ok(()) => None,
+        Err(err) if err.is_panic() => {
+            Some(format!("a bulk delivery task panicked: {}", panic_text(&*err.into_panic())))
+        }
+        Err(_) => None, // aborted by us
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 async fn report_nodes(pool: Arc<NodePool>, metrics: Metrics, stop: CancellationToken) {
@@ -232,5 +313,24 @@ async fn report_nodes(pool: Arc<NodePool>, metrics: Metrics, stop: CancellationT
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Issue #9, scenario 19: a panicking delivery task is reported, not discarded.
+    #[tokio::test]
+    async fn a_panicking_delivery_task_is_a_stage_death() {
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async { panic!("boom in deliver") });
+        tasks.spawn(async {});
+        let mut deaths = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            deaths.extend(task_death(joined));
+        }
+        assert_eq!(deaths.len(), 1, "{deaths:?}");
+        assert!(deaths[0].contains("boom in deliver"), "{deaths:?}");
     }
 }

@@ -5,20 +5,113 @@
 //! point is the first offset that is *not* settled yet: nothing after a gap is ever committed
 //! (invariant 1). Each assignment of a partition gets a new *epoch*; settlements carrying an older
 //! epoch (records of a revoked assignment) are ignored, and such records are not retried.
+//!
+//! Memory: offsets are kept as **runs** (`[start, end)`, settled or not), not one entry per
+//! offset, so one stuck record followed by millions of settled ones costs three runs. Unsettled
+//! runs hold consecutive offsets only (exact counts); settled runs may span offsets that do not
+//! exist (compaction, transaction markers), which is harmless for a commit point. The number of
+//! runs is at most twice the number of unsettled records plus one, and unsettled records are
+//! bounded by `batch.max_in_flight_bytes`. How far the commit point may lag behind the last
+//! dispatched offset is bounded separately: [`Tracker::unsettled_span`] feeds the consumer's
+//! per-partition pause (`kafka.max_unsettled_span`).
 
 use std::collections::{HashMap, VecDeque};
 
 use crate::batch::Item;
 
+/// Offsets `[start, end)`, all settled or all unsettled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    start: i64,
+    end: i64,
+    settled: bool,
+}
+
 #[derive(Debug)]
 struct Part {
     epoch: u64,
-    /// Dispatched offsets in increasing order, with their settled flag; the front is unsettled.
-    pending: VecDeque<(i64, bool)>,
+    /// Dispatched offsets in increasing order as runs; the front run is unsettled (settled runs
+    /// at the front are folded into `next_commit`).
+    runs: VecDeque<Run>,
+    /// Records dispatched and not settled.
+    unsettled: usize,
     /// Offset to commit: one past the last offset of the settled prefix.
     next_commit: Option<i64>,
     /// Last offset committed (the value passed to the commit, i.e. next offset to read).
     committed: Option<i64>,
+}
+
+impl Part {
+    fn new(epoch: u64) -> Self {
+        Part { epoch, runs: VecDeque::new(), unsettled: 0, next_commit: None, committed: None }
+    }
+
+    /// Registers `offset` as dispatched; `false` if it is not after everything seen so far.
+    fn dispatch(&mut self, offset: i64) -> bool {
+        let after_last = match self.runs.back() {
+            Some(last) => offset >= last.end,
+            None => self.next_commit.is_none_or(|next| offset >= next),
+        };
+        if !after_last {
+            return false;
+        }
+        self.unsettled += 1;
+        match self.runs.back_mut() {
+            Some(last) if !last.settled && last.end == offset => last.end = offset + 1,
+            _ => self.runs.push_back(Run { start: offset, end: offset + 1, settled: false }),
+        }
+        true
+    }
+
+    /// Marks `offset` settled; returns whether it was dispatched and unsettled.
+    fn settle(&mut self, offset: i64) -> bool {
+        let at = self.runs.partition_point(|r| r.end <= offset);
+        let Some(&run) = self.runs.get(at) else { return false };
+        if run.settled || offset < run.start {
+            return false;
+        }
+        self.unsettled -= 1;
+        // Split the unsettled run around `offset`.
+        let mut pieces = Vec::with_capacity(3);
+        if run.start < offset {
+            pieces.push(Run { start: run.start, end: offset, settled: false });
+        }
+        pieces.push(Run { start: offset, end: offset + 1, settled: true });
+        if offset + 1 < run.end {
+            pieces.push(Run { start: offset + 1, end: run.end, settled: false });
+        }
+        self.runs.remove(at);
+        for (i, piece) in pieces.into_iter().enumerate() {
+            self.runs.insert(at + i, piece);
+        }
+        // The settled piece is at `at` or `at + 1`; merge it with settled neighbours.
+        let mut i = if run.start < offset { at + 1 } else { at };
+        if i + 1 < self.runs.len() && self.runs[i + 1].settled {
+            let next = self.runs.remove(i + 1).expect("index checked");
+            self.runs[i].end = next.end;
+        }
+        if i > 0 && self.runs[i - 1].settled {
+            let current = self.runs.remove(i).expect("index checked");
+            i -= 1;
+            self.runs[i].end = current.end;
+        }
+        while let Some(front) = self.runs.front() {
+            if !front.settled {
+                break;
+            }
+            self.next_commit = Some(front.end);
+            self.runs.pop_front();
+        }
+        true
+    }
+
+    /// Offsets from the first unsettled one to the last dispatched one.
+    fn span(&self) -> u64 {
+        match (self.runs.front(), self.runs.back()) {
+            (Some(first), Some(last)) if self.unsettled > 0 => (last.end - first.start) as u64,
+            _ => 0,
+        }
+    }
 }
 
 /// Settlement state of every assigned partition.
@@ -37,8 +130,7 @@ impl Tracker {
     /// Starts tracking a newly assigned partition; returns its epoch.
     pub fn assign(&mut self, partition: i32) -> u64 {
         self.next_epoch += 1;
-        let part = Part { epoch: self.next_epoch, pending: VecDeque::new(), next_commit: None, committed: None };
-        self.parts.insert(partition, part);
+        self.parts.insert(partition, Part::new(self.next_epoch));
         self.next_epoch
     }
 
@@ -65,12 +157,7 @@ impl Tracker {
         for item in items {
             item.epoch = 0;
             let Some(part) = self.parts.get_mut(&item.partition) else { continue };
-            let after_last = match part.pending.back() {
-                Some(&(last, _)) => item.offset > last,
-                None => part.next_commit.is_none_or(|next| item.offset >= next),
-            };
-            if after_last {
-                part.pending.push_back((item.offset, false));
+            if part.dispatch(item.offset) {
                 item.epoch = part.epoch;
             }
         }
@@ -82,13 +169,7 @@ impl Tracker {
         if part.epoch != epoch {
             return false;
         }
-        let Ok(at) = part.pending.binary_search_by_key(&offset, |&(o, _)| o) else { return false };
-        part.pending[at].1 = true;
-        while let Some(&(o, true)) = part.pending.front() {
-            part.next_commit = Some(o + 1);
-            part.pending.pop_front();
-        }
-        true
+        part.settle(offset)
     }
 
     /// Marks every record of `items` settled (see [`Tracker::settle`]).
@@ -100,12 +181,28 @@ impl Tracker {
 
     /// Records dispatched but not settled for `partition`.
     pub fn in_flight(&self, partition: i32) -> usize {
-        self.parts.get(&partition).map_or(0, |p| p.pending.len())
+        self.parts.get(&partition).map_or(0, |p| p.unsettled)
+    }
+
+    /// Runs stored over all partitions (the tracker's memory is proportional to this).
+    pub fn stored_entries(&self) -> usize {
+        self.parts.values().map(|p| p.runs.len()).sum()
+    }
+
+    /// Offsets from the first unsettled one to the last dispatched one (0 when all settled): how
+    /// far the commit point lags behind what was read.
+    pub fn unsettled_span(&self, partition: i32) -> u64 {
+        self.parts.get(&partition).map_or(0, Part::span)
+    }
+
+    /// [`Tracker::unsettled_span`] of every tracked partition.
+    pub fn spans(&self) -> Vec<(i32, u64)> {
+        self.parts.iter().map(|(&p, part)| (p, part.span())).collect()
     }
 
     /// Records dispatched but not settled, over all partitions.
     pub fn total_in_flight(&self) -> usize {
-        self.parts.values().map(|p| p.pending.len()).sum()
+        self.parts.values().map(|p| p.unsettled).sum()
     }
 
     /// `(partition, offset)` pairs whose settled prefix moved past the last commit (the offset is
@@ -138,7 +235,17 @@ mod tests {
     use super::*;
 
     fn item(partition: i32, offset: i64) -> Item {
-        Item { partition, offset, epoch: 0, doc: 0..0, payload_start: 0, side: 0..0, rejected: None, attempts: 0 }
+        Item {
+            partition,
+            offset,
+            epoch: 0,
+            doc: 0..0,
+            payload_start: 0,
+            side: 0..0,
+            rejected: None,
+            attempts: 0,
+            first_failure: None,
+        }
     }
 
     fn dispatch(t: &mut Tracker, partition: i32, offsets: &[i64]) -> Vec<Item> {
@@ -229,5 +336,30 @@ mod tests {
         let replay = dispatch(&mut t, 0, &[6]);
         assert_eq!(replay[0].epoch, 0, "below the commit point");
         assert_eq!(t.commit_points(None), vec![(0, 7)]);
+    }
+
+    // Issue #9, scenario 13: one stuck record must not make the tracker keep every later offset.
+    #[test]
+    fn one_stuck_record_keeps_the_tracker_small() {
+        let mut t = Tracker::new();
+        let e = t.assign(0);
+        let mut stuck = None;
+        for start in (0..1_000_000i64).step_by(1000) {
+            let items = dispatch(&mut t, 0, &(start..start + 1000).collect::<Vec<_>>());
+            for item in items {
+                if item.offset == 0 {
+                    stuck = Some(item);
+                } else {
+                    t.settle(0, e, item.offset);
+                }
+            }
+        }
+        assert_eq!(t.in_flight(0), 1, "only offset 0 is unsettled");
+        assert!(t.stored_entries() <= 4, "{} entries stored for one unsettled record", t.stored_entries());
+        assert_eq!(t.unsettled_span(0), 1_000_000, "first unsettled offset to the last dispatched one");
+        assert_eq!(t.commit_points(None), vec![]);
+        t.settle_items([stuck.as_ref().unwrap()]);
+        assert_eq!(t.commit_points(None), vec![(0, 1_000_000)]);
+        assert_eq!((t.in_flight(0), t.unsettled_span(0)), (0, 0));
     }
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
@@ -49,7 +49,24 @@ pub enum TopicStatus {
     Existed,
 }
 
-/// Creates the records topic and the dead-letter topic.
+/// Bytes the dead-letter topic accepts beyond the records topic's `max.message.bytes`: the error
+/// headers (`sluice.error.reason` is at most 4 KiB) and the rest of a letter.
+pub const DLQ_HEADROOM: u64 = 64 << 10;
+
+/// `max.message.bytes` of a topic (its own or the broker's default), if it can be read.
+async fn records_max_message_bytes(admin: &AdminClient<DefaultClientContext>, topic: &str) -> Option<u64> {
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let resources = admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options).await.ok()?;
+    let resource = resources.into_iter().next()?.ok()?;
+    let value = resource.get("max.message.bytes")?.value.as_deref()?.parse().ok();
+    if value.is_none() {
+        tracing::warn!(%topic, "cannot read max.message.bytes; the dead-letter topic gets the broker default");
+    }
+    value
+}
+
+/// Creates the records topic and the dead-letter topic (sized for the largest record plus the
+/// error headers: `max.message.bytes` = the records topic's + [`DLQ_HEADROOM`]).
 pub async fn create_topics(config: &IndexerConfig) -> Result<Vec<(String, TopicStatus)>, SetupError> {
     let mut client = ClientConfig::new();
     for (key, value) in &config.kafka.properties {
@@ -59,16 +76,23 @@ pub async fn create_topics(config: &IndexerConfig) -> Result<Vec<(String, TopicS
         client.set("bootstrap.servers", config.kafka.brokers.join(",")).create()?;
     // -1: the brokers' default.replication.factor (KIP-464).
     let replication = config.kafka.replication_factor.map_or(-1, i32::from);
-    let topics = [
-        NewTopic::new(&config.kafka.topic, config.kafka.partitions as i32, TopicReplication::Fixed(replication)),
-        NewTopic::new(
-            &config.dead_letter.topic,
-            config.dead_letter.partitions as i32,
-            TopicReplication::Fixed(replication),
-        ),
-    ];
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin.create_topics(&topics, &options).await?;
+    let records =
+        NewTopic::new(&config.kafka.topic, config.kafka.partitions as i32, TopicReplication::Fixed(replication));
+    let mut results = admin.create_topics([&records], &options).await?;
+    // A dead letter is a record plus its error headers: the DLQ topic must take the largest
+    // record the records topic takes, and then some.
+    let dlq_max = records_max_message_bytes(&admin, &config.kafka.topic).await.map(|max| max + DLQ_HEADROOM);
+    let dlq_max_text = dlq_max.map(|m| m.to_string());
+    let mut dlq = NewTopic::new(
+        &config.dead_letter.topic,
+        config.dead_letter.partitions as i32,
+        TopicReplication::Fixed(replication),
+    );
+    if let Some(max) = &dlq_max_text {
+        dlq = dlq.set("max.message.bytes", max);
+    }
+    results.extend(admin.create_topics([&dlq], &options).await?);
     let mut report = Vec::new();
     for result in results {
         match result {

@@ -127,8 +127,12 @@ pub async fn produce(producer: &FutureProducer, topic: &str, records: &[TestReco
     }
 }
 
-/// Path of the `sluice-indexer` binary next to the test executable (`target/<profile>/`).
+/// Path of the `sluice-indexer` binary next to the test executable (`target/<profile>/`), or
+/// `SLUICE_INDEXER_BIN` (e.g. to run the tests against an older build).
 pub fn indexer_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SLUICE_INDEXER_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("test executable");
     let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
     let bin = dir.join("sluice-indexer");
@@ -426,4 +430,67 @@ pub async fn read_all(
     })
     .await
     .expect("reader task")
+}
+
+/// Produces one record with its contract headers plus one extra header whose key is the raw
+/// bytes `key` (which need not be UTF-8: rdkafka's safe API only takes `&str` keys).
+pub async fn produce_with_raw_header(producer: &FutureProducer, topic: &str, r: &TestRecord, key: &[u8], value: &[u8]) {
+    let headers = headers(r);
+    add_raw_header(&headers, key, value);
+    let record = FutureRecord::to(topic).key(&r.key).payload(&r.payload).headers(headers);
+    producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).expect("produce");
+}
+
+#[allow(unsafe_code)]
+fn add_raw_header(headers: &OwnedHeaders, key: &[u8], value: &[u8]) {
+    use rdkafka::bindings::{rd_kafka_header_add, rd_kafka_headers_t};
+    // SAFETY: `BorrowedHeaders` is rdkafka's zero-sized view of the `rd_kafka_headers_t` it
+    // points to (rdkafka casts the same way); `headers` owns that list and nobody else uses it
+    // during the call; key and value are copied by librdkafka.
+    let ptr = headers.as_borrowed() as *const rdkafka::message::BorrowedHeaders as *mut rd_kafka_headers_t;
+    let err = unsafe {
+        rd_kafka_header_add(ptr, key.as_ptr().cast(), key.len() as isize, value.as_ptr().cast(), value.len() as isize)
+    };
+    assert_eq!(err, rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR);
+}
+
+/// Creates `topic` with topic-level configs (e.g. `max.message.bytes`) before `setup` runs.
+pub async fn create_topic_with(kafka: &Kafka, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = kafka.client_config().create().expect("admin client");
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        new = new.set(k, v);
+    }
+    let results = admin.create_topics([&new], &AdminOptions::new()).await.expect("create_topics");
+    for result in results {
+        result.unwrap_or_else(|(t, code)| panic!("creating {t}: {code:?}"));
+    }
+}
+
+/// The value of header `name` of a message (lossy UTF-8).
+pub fn header_value(message: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::Message;
+    use rdkafka::message::Headers as _;
+    let headers = message.headers()?;
+    (0..headers.count())
+        .filter_map(|i| headers.try_get(i))
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Waits until the process exits by itself; `None` after `timeout`.
+impl Indexer {
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
 }
