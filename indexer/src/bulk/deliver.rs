@@ -572,3 +572,226 @@ fn halves(batch: &Batch) -> (Batch, Batch) {
 fn body_start(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+
+    use sluice_common::schema::header;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::batch::{Batcher, Limits, RecordRef};
+    use crate::config::{ConcurrencyConfig, IndexerConfig};
+    use crate::index::IndexPattern;
+
+    /// A tiny HTTP/1.1 server standing in for Elasticsearch or a proxy in front of it: `answer`
+    /// gets the request number and body, returns status and body.
+    async fn fake(answer: impl Fn(u32, &[u8]) -> (u16, String) + Send + Sync + 'static) -> (String, Arc<AtomicU32>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicU32::new(0));
+        let answer = Arc::new(answer);
+        let seen = count.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                let answer = answer.clone();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    let (head_end, length) = loop {
+                        let n = stream.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..at]).to_ascii_lowercase();
+                            let length = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                                .unwrap_or(0usize);
+                            break (at + 4, length);
+                        }
+                    };
+                    while buf.len() < head_end + length {
+                        let n = stream.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let n = seen.fetch_add(1, Ordering::Relaxed);
+                    let (status, body) = answer(n, &buf[head_end..head_end + length]);
+                    let reply = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        (url, count)
+    }
+
+    /// `{"errors":false,"items":[…201…]}` for every action line of a bulk body.
+    fn all_created(body: &[u8]) -> (u16, String) {
+        let n = body.split(|&b| b == b'\n').filter(|l| l.starts_with(b"{\"create\"")).count();
+        let items = vec![r#"{"create":{"status":201}}"#; n].join(",");
+        (200, format!(r#"{{"errors":false,"items":[{items}]}}"#))
+    }
+
+    fn sink(url: &str) -> Arc<Sink> {
+        let mut config = IndexerConfig::default();
+        config.kafka.brokers = vec!["127.0.0.1:1".into()];
+        config.elasticsearch.urls = vec![url.into()];
+        config.elasticsearch.blocked_probe_interval = Duration::from_millis(50);
+        config.retry.initial_backoff = Duration::from_millis(10);
+        config.retry.max_backoff = Duration::from_millis(50);
+        let concurrency = ConcurrencyConfig { min: 1, max: 4, initial: 2, ..ConcurrencyConfig::default() };
+        Arc::new(Sink::new(
+            Arc::new(NodePool::new(&config.elasticsearch).unwrap()),
+            Arc::new(WriteGate::new(config.elasticsearch.blocked_probe_interval)),
+            Limiter::new(&concurrency, |_, _| {}),
+            Arc::new(Mutex::new(Tracker::new())),
+            Arc::new(DeadLetters::new(&config).unwrap()),
+            Metrics::default(),
+            Health::new(),
+            config.retry.clone(),
+            Duration::from_secs(5),
+            Arc::new(Backlog::default()),
+        ))
+    }
+
+    /// A batch of `n` records from offset `first` of partition 0, registered with the tracker.
+    fn batch(sink: &Sink, first: i64, n: i64) -> Batch {
+        let limits = Limits { max_bytes: 1 << 20, max_docs: 10_000, linger: Duration::from_secs(1) };
+        let mut batcher = Batcher::new(IndexPattern::parse("logs-%Y.%m.%d").unwrap(), limits);
+        let mut out = Vec::new();
+        for offset in first..first + n {
+            let id = format!("id-{offset}");
+            let pairs: Vec<(&str, Option<&[u8]>)> = vec![
+                (header::ID, Some(id.as_bytes())),
+                (header::TS, Some(b"2026-11-27T10:00:00Z")),
+                (header::V, Some(b"1")),
+            ];
+            let payload = format!(r#"{{"message":"record {offset} {}"}}"#, "x".repeat(100));
+            let record = RecordRef {
+                partition: 0,
+                offset,
+                key: None,
+                payload: Some(payload.as_bytes()),
+                headers: pairs.iter().copied(),
+            };
+            batcher.push(record, &mut out);
+        }
+        let mut batch = batcher.take().unwrap();
+        let mut tracker = sink.tracker.lock().unwrap();
+        if tracker.partitions().is_empty() {
+            tracker.assign(0);
+        }
+        tracker.dispatch(&mut batch.items);
+        batch
+    }
+
+    async fn deliver(sink: &Arc<Sink>, batch: Batch) {
+        let permit = sink.limiter.acquire().await;
+        let memory = batch.memory();
+        sink.backlog.add(memory);
+        sink.backlog.started();
+        tokio::time::timeout(Duration::from_secs(10), sink.clone().deliver(batch, permit, memory))
+            .await
+            .expect("delivered within 10 s (a dead letter to an unreachable Kafka never completes)");
+    }
+
+    // Issue #9, scenario 15: a proxy's 404 in front of Elasticsearch is not a verdict on the
+    // records: nothing is split down to single records and dead-lettered; once the proxy
+    // forwards again, everything is indexed.
+    #[tokio::test]
+    async fn a_proxy_404_blocks_and_probes_instead_of_dead_lettering() {
+        let (url, requests) =
+            fake(
+                |n, body| {
+                    if n < 3 { (404, "<html><body>404 page not found</body></html>".into()) } else { all_created(body) }
+                },
+            )
+            .await;
+        let sink = sink(&url);
+        deliver(&sink, batch(&sink, 0, 8)).await;
+        assert_eq!(sink.tracker.lock().unwrap().commit_points(None), vec![(0, 8)], "all settled");
+        assert_eq!(sink.metrics.dead_letters.get_or_create(&vec![("type", "http_404".into())]).get(), 0);
+        assert_eq!(requests.load(Ordering::Relaxed), 4, "three probes of the whole batch, then success");
+    }
+
+    // Issue #9, scenario 15: the size a 413 revealed is remembered: later batches at least that
+    // large are split before sending instead of meeting the 413 again.
+    #[tokio::test]
+    async fn the_size_a_413_revealed_is_remembered() {
+        let limit = 1200;
+        let refused = Arc::new(AtomicU32::new(0));
+        let counter = refused.clone();
+        let (url, _) = fake(move |_, body| {
+            if body.len() > limit {
+                counter.fetch_add(1, Ordering::Relaxed);
+                (413, String::new())
+            } else {
+                all_created(body)
+            }
+        })
+        .await;
+        let sink = sink(&url);
+        deliver(&sink, batch(&sink, 0, 16)).await;
+        let first = refused.load(Ordering::Relaxed);
+        assert!(first >= 1, "the first batch met the limit");
+        deliver(&sink, batch(&sink, 16, 16)).await;
+        assert_eq!(refused.load(Ordering::Relaxed), first, "the second batch was split before sending");
+        assert_eq!(sink.tracker.lock().unwrap().commit_points(None), vec![(0, 32)]);
+        assert_eq!(sink.metrics.dead_letters.get_or_create(&vec![("type", "http_413".into())]).get(), 0);
+    }
+
+    // Issue #9, scenario 16: a 200 without one item per document settles nothing; it is retried.
+    #[tokio::test]
+    async fn a_200_without_items_is_retried_not_settled() {
+        let (url, requests) = fake(|n, body| if n < 2 { (200, "{}".into()) } else { all_created(body) }).await;
+        let sink = sink(&url);
+        deliver(&sink, batch(&sink, 0, 4)).await;
+        assert_eq!(requests.load(Ordering::Relaxed), 3);
+        assert_eq!(sink.tracker.lock().unwrap().commit_points(None), vec![(0, 4)]);
+    }
+
+    // Issue #9, scenario 14: a batch in backoff gives its concurrency slot back.
+    #[tokio::test]
+    async fn a_batch_in_backoff_does_not_hold_a_slot() {
+        let (url, _) = fake(|n, body| if n < 1 { (200, r#"{"errors":true,"items":[{"create":{"status":429,"error":{"type":"es_rejected_execution_exception"}}}]}"#.into()) } else { all_created(body) }).await;
+        let mut config = IndexerConfig::default();
+        config.retry.initial_backoff = Duration::from_millis(400);
+        let sink = sink(&url);
+        let sink = Arc::new(Sink::new(
+            sink.pool.clone(),
+            sink.gate.clone(),
+            sink.limiter.clone(),
+            sink.tracker.clone(),
+            sink.dlq.clone(),
+            Metrics::default(),
+            Health::new(),
+            RetryConfig {
+                initial_backoff: Duration::from_millis(400),
+                max_backoff: Duration::from_millis(400),
+                ..config.retry
+            },
+            Duration::from_secs(5),
+            sink.backlog.clone(),
+        ));
+        let batch = batch(&sink, 0, 1);
+        let task = {
+            let sink = sink.clone();
+            tokio::spawn(async move { deliver(&sink, batch).await })
+        };
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(sink.limiter.in_use(), 0, "no slot held while backing off");
+        task.await.unwrap();
+        assert_eq!(sink.tracker.lock().unwrap().commit_points(None), vec![(0, 1)]);
+    }
+}
