@@ -142,7 +142,15 @@ pub struct LogFile<'a> {
     pub path: Cow<'a, str>,
 }
 
+/// A map of label-like strings (`kubernetes.labels`, `kubernetes.annotations`,
+/// `kubernetes.namespace_labels`), keys already sanitised with [`sanitize_label_key`].
+pub type StrMap = BTreeMap<String, String>;
+
 /// `kubernetes.*`.
+///
+/// The label maps are `Cow`s of whole maps so the shipper can borrow a pod's prepared maps for every
+/// record without building a map per record (owned keys and values keep `Kubernetes<'a>` covariant
+/// in `'a`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Kubernetes<'a> {
@@ -154,16 +162,57 @@ pub struct Kubernetes<'a> {
     pub pod: Pod<'a>,
     /// `kubernetes.container.*`.
     #[serde(borrow)]
-    pub container: Name<'a>,
+    pub container: KubernetesContainer<'a>,
     /// `kubernetes.node.*`.
     #[serde(borrow)]
     pub node: Name<'a>,
+    /// `kubernetes.owner.*`: the workload that owns the pod, when known (pod watch only).
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    pub owner: Option<Owner<'a>>,
     /// Pod labels; dots in keys become `_` (see [`sanitize_label_key`]).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", borrow)]
-    pub labels: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "is_empty_map")]
+    pub labels: Cow<'a, StrMap>,
     /// Pod annotations (opt-in); same key rule as labels.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", borrow)]
-    pub annotations: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "is_empty_map")]
+    pub annotations: Cow<'a, StrMap>,
+    /// Labels of the pod's namespace (opt-in); same key rule as labels.
+    #[serde(default, skip_serializing_if = "is_empty_map")]
+    pub namespace_labels: Cow<'a, StrMap>,
+}
+
+fn is_empty_map(map: &StrMap) -> bool {
+    map.is_empty()
+}
+
+/// `kubernetes.container.*`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesContainer<'a> {
+    /// Container name.
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+    /// The container's restart count when it wrote the line (`N` of the kubelet's `N.log`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_count: Option<u32>,
+}
+
+/// `kubernetes.owner.*`: the workload that owns the pod, resolved through its controller chain
+/// (`ReplicaSet` → `Deployment`, `Job` → `CronJob`; otherwise the controller owner reference).
+///
+/// One `{kind, name}` object rather than Filebeat's per-kind fields (`kubernetes.deployment.name`,
+/// `kubernetes.statefulset.name`, …): any controller kind (Argo `Rollout`, operators' custom
+/// resources) fits without growing the index mapping, and "all logs of workload X" is one query
+/// shape, `kubernetes.owner.kind:Deployment AND kubernetes.owner.name:web`, whatever the kind.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Owner<'a> {
+    /// Kind of the workload (`Deployment`, `StatefulSet`, `DaemonSet`, `CronJob`, `Job`,
+    /// `ReplicaSet`, `Node` for static pods, or any other controller kind).
+    #[serde(borrow)]
+    pub kind: Cow<'a, str>,
+    /// Name of the workload.
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
 }
 
 /// `kubernetes.pod.*`.
@@ -178,7 +227,7 @@ pub struct Pod<'a> {
     pub uid: Cow<'a, str>,
 }
 
-/// An object with just a `name` (`kubernetes.container`, `kubernetes.node`).
+/// An object with just a `name` (`kubernetes.node`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Name<'a> {
@@ -196,10 +245,25 @@ pub struct Container<'a> {
     pub id: Option<Cow<'a, str>>,
     /// `container.image.*`.
     #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
-    pub image: Option<Name<'a>>,
+    pub image: Option<Image<'a>>,
     /// Runtime name (`containerd`, `cri-o`, `docker`).
     #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
     pub runtime: Option<Cow<'a, str>>,
+}
+
+/// `container.image.*`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image<'a> {
+    /// The image as the pod spec names it (`nginx:1.27`).
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+    /// The image the runtime resolved it to, as the kubelet reports it in the container status
+    /// (`imageID`, usually `registry/repo@sha256:<digest>`): which build really ran. Not an ECS field
+    /// (ECS's `container.image.hash.all` is a list of bare digests); kept verbatim so it can be
+    /// pasted into `crictl`/`docker pull`.
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    pub id: Option<Cow<'a, str>>,
 }
 
 /// `host.*`.
@@ -308,7 +372,7 @@ mod tests {
 
     fn sample() -> Document<'static> {
         let mut labels = BTreeMap::new();
-        labels.insert(sanitize_label_key("app.kubernetes.io/name").into_owned().into(), "web".into());
+        labels.insert(sanitize_label_key("app.kubernetes.io/name").into_owned(), "web".into());
         Document {
             timestamp: "2026-11-27T00:17:09.669794202Z".into(),
             message: "hello \"world\"\tü".into(),
@@ -317,14 +381,16 @@ mod tests {
             kubernetes: Kubernetes {
                 namespace: "default".into(),
                 pod: Pod { name: "web-0".into(), uid: "0d6c".into() },
-                container: Name { name: "app".into() },
+                container: KubernetesContainer { name: "app".into(), restart_count: None },
                 node: Name { name: "node-1".into() },
-                labels,
-                annotations: BTreeMap::new(),
+                owner: None,
+                labels: Cow::Owned(labels),
+                annotations: Cow::Owned(BTreeMap::new()),
+                namespace_labels: Cow::Owned(BTreeMap::new()),
             },
             container: Some(Container {
                 id: Some("abc".into()),
-                image: Some(Name { name: "nginx:1".into() }),
+                image: Some(Image { name: "nginx:1".into(), id: None }),
                 runtime: Some("containerd".into()),
             }),
             host: Host { name: "node-1".into() },
@@ -351,6 +417,30 @@ mod tests {
         assert_eq!(value["agent"]["type"], "sluice");
         assert_eq!(value["stream"], "stderr");
         assert!(value["kubernetes"].get("annotations").is_none(), "empty maps are omitted");
+    }
+
+    #[test]
+    fn enrichment_fields_are_optional_and_nested() {
+        let mut doc = sample();
+        let plain = serde_json::to_value(&doc).unwrap();
+        for absent in ["owner", "namespace_labels", "annotations"] {
+            assert!(plain["kubernetes"].get(absent).is_none(), "{absent} omitted when empty");
+        }
+        assert!(plain["kubernetes"]["container"].get("restart_count").is_none());
+        assert!(plain["container"]["image"].get("id").is_none());
+
+        doc.kubernetes.owner = Some(Owner { kind: "Deployment".into(), name: "web".into() });
+        doc.kubernetes.container.restart_count = Some(2);
+        doc.kubernetes.namespace_labels.to_mut().insert("team".into(), "shop".into());
+        doc.container.as_mut().unwrap().image.as_mut().unwrap().id = Some("nginx@sha256:ab".into());
+        let value = serde_json::to_value(&doc).unwrap();
+        assert_eq!(value["kubernetes"]["owner"], serde_json::json!({"kind": "Deployment", "name": "web"}));
+        assert_eq!(value["kubernetes"]["container"]["restart_count"], 2);
+        assert_eq!(value["kubernetes"]["namespace_labels"]["team"], "shop");
+        assert_eq!(value["container"]["image"]["id"], "nginx@sha256:ab");
+        let text = value.to_string();
+        let back: Document = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, doc);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The composable index template for schema v1, installed idempotently (`PUT _index_template`).
 //!
 //! `keyword` for `kubernetes.*` and other identifiers, `text` for `message`, `date_nanos` for
-//! `@timestamp`. Labels and annotations are one `flattened` field each (`flat_object` on
+//! `@timestamp`, `integer` for `kubernetes.container.restart_count`. Labels, annotations and
+//! namespace labels are one `flattened` field each (`flat_object` on
 //! OpenSearch), so any number of label keys never grows the mapping; other unknown string fields
 //! become `keyword`, bounded by `index.mapping.total_fields.limit`.
 
@@ -70,12 +71,18 @@ pub fn body(config: &ElasticsearchConfig, distribution: &Distribution) -> Value 
                     "kubernetes": {"properties": {
                         "namespace": kw,
                         "pod": {"properties": {"name": kw, "uid": kw}},
-                        "container": name,
+                        "container": {"properties": {"name": kw, "restart_count": {"type": "integer"}}},
                         "node": name,
+                        "owner": {"properties": {"kind": kw, "name": kw}},
                         "labels": flat,
                         "annotations": flat,
+                        "namespace_labels": flat,
                     }},
-                    "container": {"properties": {"id": kw, "image": name, "runtime": kw}},
+                    "container": {"properties": {
+                        "id": kw,
+                        "image": {"properties": {"name": kw, "id": kw}},
+                        "runtime": kw,
+                    }},
                     "host": name,
                     "agent": {"properties": {"type": kw, "version": kw}},
                     "tags": kw,
@@ -125,6 +132,13 @@ mod tests {
         assert_eq!(props["kubernetes"]["properties"]["namespace"]["type"], "keyword");
         assert_eq!(props["kubernetes"]["properties"]["pod"]["properties"]["uid"]["type"], "keyword");
         assert_eq!(props["kubernetes"]["properties"]["labels"]["type"], "flattened");
+        let k8s = &props["kubernetes"]["properties"];
+        assert_eq!(k8s["namespace_labels"]["type"], "flattened");
+        assert_eq!(k8s["owner"]["properties"]["kind"]["type"], "keyword");
+        assert_eq!(k8s["owner"]["properties"]["name"]["type"], "keyword");
+        assert_eq!(k8s["container"]["properties"]["name"]["type"], "keyword");
+        assert_eq!(k8s["container"]["properties"]["restart_count"]["type"], "integer");
+        assert_eq!(props["container"]["properties"]["image"]["properties"]["id"]["type"], "keyword");
         let os = body(&config, &Distribution::OpenSearch("2.19.6".into()));
         assert_eq!(
             os["template"]["mappings"]["properties"]["kubernetes"]["properties"]["labels"]["type"],

@@ -26,12 +26,14 @@
 pub mod checkpoint;
 pub mod config;
 pub mod discover;
+pub mod enrich;
 pub mod inspect;
 pub mod lines;
 pub mod metrics;
 pub mod multiline;
 pub mod parse;
 pub mod pipeline;
+pub mod publish;
 pub mod reassemble;
 pub mod record;
 pub mod sink;

@@ -21,7 +21,9 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use sluice_common::schema::{Agent, Document, Host, Kubernetes, Log, LogFile, Name, Pod, Stream, tag};
+use sluice_common::schema::{
+    Agent, Document, Host, Kubernetes, KubernetesContainer, Log, LogFile, Name, Pod, Stream, tag,
+};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::discover::PodPath;
@@ -187,10 +189,9 @@ impl RecordBuilder {
             kubernetes: Kubernetes {
                 namespace: Cow::Borrowed(namespace),
                 pod: Pod { name: Cow::Borrowed(pod_name), uid: Cow::Borrowed(uid) },
-                container: Name { name: Cow::Borrowed(container) },
+                container: KubernetesContainer { name: Cow::Borrowed(container), restart_count: None },
                 node: Name { name: Cow::Borrowed(&meta.node) },
-                labels: Default::default(),
-                annotations: Default::default(),
+                ..Default::default()
             },
             container: None,
             host: Host { name: Cow::Borrowed(&meta.node) },
