@@ -618,6 +618,8 @@ pub fn run(
                         None => break,
                     }
                 }
+                // A partition far behind its first unsettled record stops here, not a second later.
+                shared.bound_spans(&consumer);
             }
             Some(Err(err)) => report(err),
             None => {}

@@ -176,6 +176,49 @@ async fn a_record_for_a_write_blocked_index_gives_way_then_is_dead_lettered() {
     let _ = search.request(Method::Delete, &format!("/{old}"), None).await;
 }
 
+/// Scenario 13: a record that cannot settle holds its partition's commits back. Its partition is
+/// paused once the unsettled span passes `kafka.max_unsettled_span` (bounded re-reading after a
+/// restart, bounded tracking), and resumes once the record is given up (dead-lettered).
+#[tokio::test]
+async fn a_stuck_record_pauses_its_partition_past_max_unsettled_span() {
+    let kafka = kafka().await;
+    let search = elasticsearch().await;
+    let names = Names::new("it-dlv-span");
+    let mut env = env(&kafka, &search, &names);
+    set(&mut env, "SLUICE_KAFKA__PARTITIONS", "1");
+    set(&mut env, "SLUICE_KAFKA__MAX_UNSETTLED_SPAN", "1000");
+    set(&mut env, "SLUICE_BATCH__MAX_DOCS", "100");
+    set(&mut env, "SLUICE_ELASTICSEARCH__BLOCKED_PROBE_INTERVAL", "1s");
+    set(&mut env, "SLUICE_RETRY__GIVE_UP_AFTER", "12s");
+    setup(&env);
+    let old = format!("{}-2026.11.18", names.index);
+    let (status, body) =
+        search.request(Method::Put, &format!("/{old}"), Some(json!({"settings": {"index.blocks.write": true}}))).await;
+    assert_eq!(status, 200, "{body}");
+    let producer = producer(&kafka);
+    produce(&producer, &names.topic, &dated(1, "2026-11-18", "span-old")).await;
+    let fresh = records(6000, 1, 4, "span");
+    produce(&producer, &names.topic, &fresh).await;
+
+    let mut indexer = Indexer::spawn(&env, "it-dlv-span");
+    indexer.wait_metric("sluice_indexer_span_paused_partitions", Duration::from_secs(30), |n| n == 1.0).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fresh_index = format!("{}-2026.11.25", names.index);
+    let while_paused = indexer_support::count(&search, &fresh_index).await.unwrap_or(0);
+    assert!(
+        (1000..3000).contains(&while_paused),
+        "{while_paused} records indexed while the partition is paused at a span of 1000"
+    );
+    assert_eq!(indexer.metric_sum(DEAD_LETTERED), 0.0);
+    // Given up after 12 s: dead-lettered, the span collapses, the partition resumes.
+    wait_count(&search, &fresh_index, 6000, Duration::from_secs(60), &[&indexer]).await;
+    wait_committed_to_end(&kafka, &names.group, &names.topic, Duration::from_secs(30)).await;
+    assert_eq!(indexer.metric_sum("sluice_indexer_span_paused_partitions"), 0.0);
+    assert_eq!(indexer.metric_sum(DEAD_LETTERED), 1.0);
+    assert!(indexer.terminate(Duration::from_secs(30)).success());
+    let _ = search.request(Method::Delete, &format!("/{old}"), None).await;
+}
+
 /// Scenario 18: a closed index (`index_closed_exception`, HTTP 400 per item) is an operator's
 /// state, not the record's fault: the record waits (blocked) instead of being dead-lettered, and is
 /// indexed once the index is opened again.
