@@ -9,6 +9,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sluice_common::config::{MetricsConfig, Problems, Validate, validate_host_ports};
 use sluice_common::schema::{DEFAULT_DLQ_TOPIC, DEFAULT_TOPIC};
@@ -535,25 +536,26 @@ impl IndexerConfig {
     }
 }
 
-/// A URL that may carry `user:password@`: `Debug` and [`SecretUrl::redacted`] show it without.
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct SecretUrl(String);
+/// A URL that may carry `user:password@`: `Debug` and [`SecretUrl::redacted`] show it without;
+/// the value is zeroed when dropped (`secrecy`).
+#[derive(Clone, Default)]
+pub struct SecretUrl(SecretString);
 
 impl SecretUrl {
     /// The URL as configured, credentials included; use only to build a client.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 
     /// The URL with any `user:password@` replaced by `***@` (also for text that is not a valid URL).
     pub fn redacted(&self) -> String {
-        redact_userinfo(&self.0)
+        redact_userinfo(self.expose())
     }
 
     /// The normalised URL without credentials when it parses (e.g. `http://es:9200/`), else
     /// [`SecretUrl::redacted`].
     fn redacted_parsed(&self) -> String {
-        match elasticsearch::http::Url::parse(&self.0) {
+        match elasticsearch::http::Url::parse(self.expose()) {
             Ok(mut url) => {
                 let _ = url.set_username("");
                 let _ = url.set_password(None);
@@ -578,15 +580,23 @@ pub fn redact_userinfo(text: &str) -> String {
     }
 }
 
+impl PartialEq for SecretUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for SecretUrl {}
+
 impl From<&str> for SecretUrl {
     fn from(url: &str) -> Self {
-        SecretUrl(url.to_owned())
+        SecretUrl(SecretString::from(url))
     }
 }
 
 impl From<String> for SecretUrl {
     fn from(url: String) -> Self {
-        SecretUrl(url)
+        SecretUrl(SecretString::from(url))
     }
 }
 
@@ -599,48 +609,56 @@ impl fmt::Debug for SecretUrl {
 impl Serialize for SecretUrl {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         // Serialised only to learn the configuration's shape.
-        s.serialize_str(&self.0)
+        s.serialize_str(self.expose())
     }
 }
 
 impl<'de> Deserialize<'de> for SecretUrl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(SecretUrl)
+        String::deserialize(d).map(SecretUrl::from)
     }
 }
 
-/// A secret string (password, API key, librdkafka property value): `Debug` prints `***`.
-/// Empty means unset.
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct Secret(String);
+/// A secret string (password, API key, librdkafka property value): `Debug` prints `***`, the
+/// value is zeroed when dropped (`secrecy::SecretString`). Empty means unset.
+#[derive(Clone, Default)]
+pub struct Secret(SecretString);
 
 impl Secret {
     /// Wraps a value.
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        Secret(SecretString::from(value.into()))
     }
 
     /// The secret value; use only to hand it to a client.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 
     /// Whether no value is set.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.expose().is_empty()
     }
 }
 
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for Secret {}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+        f.write_str(if self.is_empty() { "\"\"" } else { "\"***\"" })
     }
 }
 
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         // Serialised only to learn the configuration's shape (defaults are empty).
-        s.serialize_str(&self.0)
+        s.serialize_str(self.expose())
     }
 }
 
@@ -648,9 +666,9 @@ impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         // Accept numbers and booleans too: `SLUICE_…=12345` overrides arrive as YAML scalars.
         match serde_json::Value::deserialize(d)? {
-            serde_json::Value::String(s) => Ok(Secret(s)),
-            serde_json::Value::Number(n) => Ok(Secret(n.to_string())),
-            serde_json::Value::Bool(b) => Ok(Secret(b.to_string())),
+            serde_json::Value::String(s) => Ok(Secret::new(s)),
+            serde_json::Value::Number(n) => Ok(Secret::new(n.to_string())),
+            serde_json::Value::Bool(b) => Ok(Secret::new(b.to_string())),
             serde_json::Value::Null => Ok(Secret::default()),
             _ => Err(serde::de::Error::custom("expected a string")),
         }

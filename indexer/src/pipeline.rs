@@ -177,14 +177,9 @@ async fn run_pipeline(
     };
 
     let side_tasks = CancellationToken::new();
-    let retention = tokio::spawn(retention::run(
-        pool.clone(),
-        pattern,
-        config.retention.clone(),
-        metrics.clone(),
-        side_tasks.clone(),
-    ));
-    let nodes = tokio::spawn(report_nodes(pool.clone(), metrics.clone(), side_tasks.clone()));
+    let mut side = JoinSet::new();
+    side.spawn(retention::run(pool.clone(), pattern, config.retention.clone(), metrics.clone(), side_tasks.clone()));
+    side.spawn(report_nodes(pool.clone(), metrics.clone(), side_tasks.clone()));
     health.set_ready();
     tracing::info!(topic = %config.kafka.topic, group = %config.kafka.group_id, "indexer running");
 
@@ -198,6 +193,16 @@ async fn run_pipeline(
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Some(why) = task_death(joined) {
                     died = Some(why);
+                    break;
+                }
+                continue;
+            }
+            Some(joined) = side.join_next(), if !side.is_empty() => {
+                // Retention ends at once when it is off; a panic is a stage death.
+                if let Err(err) = joined
+                    && err.is_panic()
+                {
+                    died = Some(format!("a side task (retention, node metrics) panicked: {}", panic_text(&*err.into_panic())));
                     break;
                 }
                 continue;
@@ -257,8 +262,13 @@ async fn run_pipeline(
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     side_tasks.cancel();
-    let _ = retention.await;
-    let _ = nodes.await;
+    while let Some(joined) = side.join_next().await {
+        if let Err(err) = joined
+            && err.is_panic()
+        {
+            died.get_or_insert(format!("a side task panicked: {}", panic_text(&*err.into_panic())));
+        }
+    }
     match tokio::task::spawn_blocking(move || thread.join()).await {
         Ok(Ok(())) => {}
         Ok(Err(panic)) => {
