@@ -1,11 +1,15 @@
 //! Delivery of one batch: sends it to `_bulk`, applies every item's outcome (settle, retry with
 //! backoff, dead-letter), splits rejected requests, and holds the batch's memory until it is done.
 //!
-//! A batch holds a concurrency slot ([`Permit`]) only while a request of it is on the wire: it
-//! gives the slot back before every backoff, probe wait or dead-letter write and takes one again
-//! before the next request, so records that keep failing (a write-blocked or closed index, a
-//! missing index with auto-create off) never starve the others. An item that keeps failing is
-//! dead-lettered as [`RETRIES_EXHAUSTED`] after `retry.give_up_after` (or `retry.max_attempts`).
+//! Slots: when some of a batch's *records* fail (item retries other than 429, blocked items) or are being
+//! dead-lettered, the batch gives its concurrency slot ([`Permit`]) back for the backoff, probe
+//! wait or dead-letter write and takes one again before its next request, so records that keep
+//! failing (a write-blocked or closed index, a missing index with auto-create off) never starve
+//! the others. When a whole *request* fails (no node, transport error, timeout, 429/5xx, refused
+//! credentials, a proxy's 4xx) it keeps the slot through the backoff: no other batch would fare
+//! better, and the held slots are what stops the consumer and pauses the partitions. An item that
+//! keeps failing is dead-lettered as [`RETRIES_EXHAUSTED`] after `retry.give_up_after` (or
+//! `retry.max_attempts`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -182,7 +186,6 @@ impl Sink {
                 Err(RequestError::NoNode { retry_in }) => {
                     self.metrics.request("no_node");
                     self.metrics.retry("no_node", n);
-                    permit = None;
                     tokio::time::sleep(retry_in.max(Duration::from_millis(50))).await;
                     work.push_front(current);
                     continue;
@@ -197,7 +200,6 @@ impl Sink {
                     }
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %err, items = n, retry_in = ?delay, "bulk request failed; retrying");
-                    permit = None;
                     if let Some(next) = self.count_attempt(current, err.kind()).await {
                         tokio::time::sleep(delay).await;
                         work.push_front(next);
@@ -212,10 +214,13 @@ impl Sink {
                     self.metrics.request("ok");
                     let overload = outcomes.iter().any(|o| matches!(o, ItemOutcome::Retry { overload: true, .. }));
                     permit_ref.record(latency, overload);
+                    // Records failing on their own (not the cluster pushing back): give the slot back.
                     if outcomes.iter().any(|o| {
                         matches!(
                             o,
-                            ItemOutcome::Reject { .. } | ItemOutcome::Retry { .. } | ItemOutcome::Blocked { .. }
+                            ItemOutcome::Reject { .. }
+                                | ItemOutcome::Blocked { .. }
+                                | ItemOutcome::Retry { overload: false, .. }
                         )
                     }) {
                         permit = None;
@@ -231,7 +236,6 @@ impl Sink {
                     self.metrics.request(&format!("http_{}", reply.status));
                     self.metrics.retry(&reason, n);
                     permit_ref.record(latency, overload);
-                    permit = None;
                     let delay = backoff.next_delay();
                     tracing::warn!(status = reply.status, %reason, body = %body_start(&reply.body), items = n, retry_in = ?delay, "bulk request refused; retrying");
                     if let Some(next) = self.count_attempt(current, &reason).await {
@@ -266,7 +270,6 @@ impl Sink {
                 RequestOutcome::Blocked { reason } => {
                     self.metrics.request(&format!("http_{}", reply.status));
                     permit_ref.record(latency, false);
-                    permit = None;
                     self.block(&reason);
                     self.metrics.retry("blocked", n);
                     probe = true;
@@ -761,28 +764,38 @@ mod tests {
         assert_eq!(sink.tracker.lock().unwrap().commit_points(None), vec![(0, 4)]);
     }
 
-    // Issue #9, scenario 14: a batch in backoff gives its concurrency slot back.
-    #[tokio::test]
-    async fn a_batch_in_backoff_does_not_hold_a_slot() {
-        let (url, _) = fake(|n, body| if n < 1 { (200, r#"{"errors":true,"items":[{"create":{"status":429,"error":{"type":"es_rejected_execution_exception"}}}]}"#.into()) } else { all_created(body) }).await;
-        let mut config = IndexerConfig::default();
-        config.retry.initial_backoff = Duration::from_millis(400);
-        let sink = sink(&url);
+    /// Slots in use while a one-record batch backs off after its item got `item` (status, type).
+    async fn slots_while_backing_off(status: u16, kind: &'static str) -> usize {
+        let (url, _) = fake(move |n, body| {
+            if n < 1 {
+                (
+                    200,
+                    format!(
+                        r#"{{"errors":true,"items":[{{"create":{{"status":{status},"error":{{"type":"{kind}"}}}}}}]}}"#
+                    ),
+                )
+            } else {
+                all_created(body)
+            }
+        })
+        .await;
+        let base = sink(&url);
+        let retry = RetryConfig {
+            initial_backoff: Duration::from_millis(400),
+            max_backoff: Duration::from_millis(400),
+            ..RetryConfig::default()
+        };
         let sink = Arc::new(Sink::new(
-            sink.pool.clone(),
-            sink.gate.clone(),
-            sink.limiter.clone(),
-            sink.tracker.clone(),
-            sink.dlq.clone(),
+            base.pool.clone(),
+            base.gate.clone(),
+            base.limiter.clone(),
+            base.tracker.clone(),
+            base.dlq.clone(),
             Metrics::default(),
             Health::new(),
-            RetryConfig {
-                initial_backoff: Duration::from_millis(400),
-                max_backoff: Duration::from_millis(400),
-                ..config.retry
-            },
+            retry,
             Duration::from_secs(5),
-            sink.backlog.clone(),
+            base.backlog.clone(),
         ));
         let batch = batch(&sink, 0, 1);
         let task = {
@@ -790,8 +803,18 @@ mod tests {
             tokio::spawn(async move { deliver(&sink, batch).await })
         };
         tokio::time::sleep(Duration::from_millis(150)).await;
-        assert_eq!(sink.limiter.in_use(), 0, "no slot held while backing off");
+        let in_use = sink.limiter.in_use();
         task.await.unwrap();
         assert_eq!(sink.tracker.lock().unwrap().commit_points(None), vec![(0, 1)]);
+        in_use
+    }
+
+    // Issue #9, scenario 14: a batch whose records fail on their own gives its slot back while it
+    // backs off; one the cluster pushes back (429) keeps it (back-pressure).
+    #[tokio::test]
+    async fn a_batch_in_backoff_for_its_own_records_does_not_hold_a_slot() {
+        assert_eq!(slots_while_backing_off(503, "unavailable_shards_exception").await, 0, "slot held in backoff");
+        assert_eq!(slots_while_backing_off(400, "index_closed_exception").await, 0, "slot held while blocked");
+        assert_eq!(slots_while_backing_off(429, "es_rejected_execution_exception").await, 1, "429 keeps the slot");
     }
 }
