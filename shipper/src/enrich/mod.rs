@@ -6,6 +6,7 @@
 //!   `Arc<PodInfo>` the caller may keep while it drains the pod's files; [`Lookup::Pending`] means
 //!   wait up to `kubernetes.wait_for_pod`; [`Lookup::Unknown`] and [`Lookup::Unavailable`] mean use
 //!   path metadata now (tag `metadata_from_path`, counted in [`EnrichMetrics::misses`]).
+//!   [`PodStore::resolve`] applies that policy in one call.
 //! - [`render`] fills the schema's `kubernetes.*` and `container.*` of one record, borrowing from
 //!   the `PodInfo`.
 //! - [`Filter`] decides which pods and containers are shipped (`filter.*`, pod annotations).
@@ -27,7 +28,7 @@ pub use filter::{Excluded, Filter, FilterConfig};
 pub use metrics::{EnrichMetrics, Miss};
 pub use pod::{ContainerInfo, OwnerInfo, PodInfo};
 pub use render::render;
-pub use store::{Health, Lookup, PodStore};
+pub use store::{Health, Lookup, PodStore, Resolution};
 pub use watch::run;
 
 /// `kubernetes.*`: the pod watch used for enrichment.

@@ -14,6 +14,7 @@ use kube::runtime::watcher::Event;
 use sluice_common::schema::StrMap;
 
 use super::KubernetesConfig;
+use super::metrics::Miss;
 use super::pod::{PodInfo, sanitize_map};
 
 /// How long the uid of a collected pod is remembered, so that late lookups answer
@@ -35,6 +36,29 @@ pub enum Lookup {
     /// Not in the store and the API server is unreachable or refuses the watch: use path
     /// metadata at once, do not wait (miss `api_down`).
     Unavailable,
+}
+
+impl Lookup {
+    /// The miss reason of a lookup that gives path metadata at once (`Pending` is a miss only once
+    /// the wait is over: [`Miss::PendingTimeout`]).
+    pub fn miss(&self) -> Option<Miss> {
+        match self {
+            Lookup::Found(_) | Lookup::Pending => None,
+            Lookup::Unknown => Some(Miss::Unknown),
+            Lookup::Unavailable => Some(Miss::ApiDown),
+        }
+    }
+}
+
+/// What the read path does with a file's next records ([`PodStore::resolve`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolution {
+    /// Enrich them from this pod.
+    Enrich(Arc<PodInfo>),
+    /// Hold this file (read other files) and resolve again: the pod may still arrive.
+    Wait,
+    /// Ship them with path metadata (tag `metadata_from_path`), counting this miss.
+    PathOnly(Miss),
 }
 
 /// State of the watch feeding a store.
@@ -75,6 +99,7 @@ struct Inner {
     changes: AtomicU64,
     synced: tokio::sync::watch::Sender<bool>,
     grace: Duration,
+    wait_for_pod: Duration,
     annotations: GlobSet,
 }
 
@@ -118,6 +143,7 @@ impl PodStore {
                 changes: AtomicU64::new(0),
                 synced: tokio::sync::watch::Sender::new(false),
                 grace: config.deleted_pod_grace,
+                wait_for_pod: config.wait_for_pod,
                 annotations: globs.build().unwrap_or_else(|_| GlobSet::empty()),
             }),
         };
@@ -144,6 +170,23 @@ impl PodStore {
             Health::Starting | Health::Synced => Lookup::Pending,
             Health::Failing => Lookup::Unavailable,
             Health::Disabled => Lookup::Unknown,
+        }
+    }
+
+    /// The read path's policy in one call: [`Lookup::Found`] → enrich; [`Lookup::Pending`] → wait
+    /// until `kubernetes.wait_for_pod` after `waiting_since` (when the file first asked), then path
+    /// metadata ([`Miss::PendingTimeout`]); [`Lookup::Unknown`] / [`Lookup::Unavailable`] → path
+    /// metadata at once. Cheap enough to call again per chunk, so a file shipped with path metadata
+    /// is enriched as soon as its pod arrives.
+    pub fn resolve(&self, uid: &str, waiting_since: Instant, now: Instant) -> Resolution {
+        let lookup = self.lookup(uid);
+        match lookup {
+            Lookup::Found(info) => Resolution::Enrich(info),
+            Lookup::Pending if now.saturating_duration_since(waiting_since) < self.inner.wait_for_pod => {
+                Resolution::Wait
+            }
+            Lookup::Pending => Resolution::PathOnly(Miss::PendingTimeout),
+            other => Resolution::PathOnly(other.miss().unwrap_or(Miss::Unknown)),
         }
     }
 
@@ -513,6 +556,22 @@ mod tests {
         s.apply_namespace_event(Event::Init);
         s.apply_namespace_event(Event::InitDone);
         assert!(found(&s, "ua").unwrap().namespace_labels.is_empty(), "gone from the relist");
+    }
+
+    #[test]
+    fn resolve_waits_at_most_wait_for_pod() {
+        let s = PodStore::new(&KubernetesConfig { wait_for_pod: Duration::from_secs(2), ..Default::default() });
+        let t0 = Instant::now();
+        assert_eq!(s.resolve("u1", t0, t0), Resolution::Wait);
+        assert_eq!(s.resolve("u1", t0, t0 + Duration::from_millis(1999)), Resolution::Wait);
+        assert_eq!(s.resolve("u1", t0, t0 + Duration::from_secs(2)), Resolution::PathOnly(Miss::PendingTimeout));
+        s.apply_pod_event(Event::Apply(pod("shop", "web-0", "u1")), t0);
+        assert!(matches!(s.resolve("u1", t0, t0 + Duration::from_secs(9)), Resolution::Enrich(_)), "upgraded later");
+        s.set_health(Health::Failing);
+        assert_eq!(s.resolve("u2", t0, t0), Resolution::PathOnly(Miss::ApiDown), "API down: no waiting");
+        s.set_health(Health::Disabled);
+        assert_eq!(s.resolve("u2", t0, t0), Resolution::PathOnly(Miss::Unknown));
+        assert_eq!(Lookup::Pending.miss(), None);
     }
 
     #[tokio::test]

@@ -122,6 +122,7 @@ async fn drive(
 ) {
     let mut pod_errors = Reporter::new("pods");
     let mut ns_errors = Reporter::new("namespaces");
+    let mut ns_listed = false;
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -149,7 +150,7 @@ async fn drive(
                         store.set_health(Health::Failing);
                         metrics.synced.set(0);
                     }
-                    pod_errors.error(&class, &err);
+                    pod_errors.error(&class, &err, store.synced());
                 }
                 None => return,
             },
@@ -159,13 +160,14 @@ async fn drive(
                         metrics.relist("namespaces");
                     } else {
                         ns_errors.recovered();
+                        ns_listed |= matches!(event, Event::InitDone);
                     }
                     store.apply_namespace_event(event);
                 }
                 Some(Err(err)) => {
                     let class = classify(&err);
                     metrics.watch_error("namespaces", class.kind);
-                    ns_errors.error(&class, &err);
+                    ns_errors.error(&class, &err, ns_listed);
                 }
                 None => namespaces = futures::stream::pending().boxed(),
             },
@@ -260,8 +262,13 @@ pub(crate) fn classify(err: &watcher::Error) -> Class {
 
 /// What the watch of `resource` needs, for the log of a refused request.
 fn permission_hint(resource: &str) -> String {
-    let why = if resource == "namespaces" { ", because kubernetes.namespace_labels is on" } else { "" };
-    format!("the shipper's ServiceAccount needs get/list/watch on {resource} (ClusterRole sluice-shipper){why}")
+    if resource == "namespaces" {
+        "the shipper's ServiceAccount needs get/list/watch on namespaces because kubernetes.namespace_labels is on \
+         (ClusterRole sluice-shipper-namespaces)"
+            .to_owned()
+    } else {
+        format!("the shipper's ServiceAccount needs get/list/watch on {resource} (ClusterRole sluice-shipper)")
+    }
 }
 
 /// Logs watch errors once per change, transient ones again at growing intervals, and recovery.
@@ -317,7 +324,10 @@ impl Reporter {
         }
     }
 
-    fn error(&mut self, class: &Class, err: &watcher::Error) {
+    /// Logs `err` as [`Reporter::decide`] says. `allowed_before`: the watch had listed before, so a
+    /// refusal may be an API server still loading its authorization cache after a restart (seen
+    /// for a second or two) — a warning then, an error when the permission never worked.
+    fn error(&mut self, class: &Class, err: &watcher::Error, allowed_before: bool) {
         let resource = self.resource;
         match self.decide(class, Instant::now()) {
             Report::Quiet if class.kind == "gone" => {
@@ -325,12 +335,26 @@ impl Reporter {
             }
             Report::Quiet => {}
             Report::New => match class.kind {
-                "forbidden" | "unauthorized" => tracing::error!(
-                    resource,
-                    "{} — {}; records carry metadata from their paths meanwhile, retrying with backoff",
-                    class.message.as_deref().filter(|m| !m.is_empty()).map_or_else(|| err.to_string(), str::to_owned),
-                    permission_hint(resource),
-                ),
+                "forbidden" | "unauthorized" => {
+                    let message = class
+                        .message
+                        .as_deref()
+                        .filter(|m| !m.is_empty())
+                        .map_or_else(|| err.to_string(), str::to_owned);
+                    let hint = permission_hint(resource);
+                    if allowed_before {
+                        tracing::warn!(
+                            resource,
+                            "{message} — {hint}; it was allowed before (RBAC changed, or the API server is still \
+                             starting); records carry metadata from their paths meanwhile, retrying with backoff"
+                        );
+                    } else {
+                        tracing::error!(
+                            resource,
+                            "{message} — {hint}; records carry metadata from their paths meanwhile, retrying with backoff"
+                        );
+                    }
+                }
                 _ => tracing::warn!(
                     resource,
                     error = %err,
@@ -388,6 +412,12 @@ mod tests {
     fn down() -> watcher::Error {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
         watcher::Error::WatchFailed(kube::Error::ReadEvents(io))
+    }
+
+    #[test]
+    fn hints_name_the_cluster_role() {
+        assert!(permission_hint("pods").ends_with("get/list/watch on pods (ClusterRole sluice-shipper)"));
+        assert!(permission_hint("namespaces").contains("(ClusterRole sluice-shipper-namespaces)"));
     }
 
     #[test]
