@@ -31,6 +31,8 @@ use testcontainers::core::WaitFor;
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
+pub mod kube;
+
 /// Environment variable naming a running Kafka (`host:port[,host:port]`).
 pub const KAFKA_ENV: &str = "KAFKA_BOOTSTRAP_SERVERS";
 /// Environment variable naming a running Elasticsearch/OpenSearch (`http://host:port`).
