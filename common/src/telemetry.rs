@@ -20,8 +20,8 @@ pub enum LogFormat {
 /// change and then at growing intervals.
 const QUIET: &str = "kube_client=error,kube_client::client::builder=off,kube_runtime::watcher=off";
 
-/// The filter directives used when `RUST_LOG` is unset: `level`, plus [`QUIET`] unless `level`
-/// mentions `kube` itself.
+/// The filter directives used when `RUST_LOG` is unset: `level`, plus quiet levels for the
+/// Kubernetes client's retry logs unless `level` mentions `kube` itself.
 pub fn default_directives(level: &str) -> String {
     if level.contains("kube") { level.to_owned() } else { format!("{level},{QUIET}") }
 }

@@ -7,7 +7,7 @@
 //!   wait up to `kubernetes.wait_for_pod`; [`Lookup::Unknown`] and [`Lookup::Unavailable`] mean use
 //!   path metadata now (tag `metadata_from_path`, counted in [`EnrichMetrics::misses`]).
 //!   [`PodStore::resolve`] applies that policy in one call.
-//! - [`render`] fills the schema's `kubernetes.*` and `container.*` of one record, borrowing from
+//! - [`render()`] fills the schema's `kubernetes.*` and `container.*` of one record, borrowing from
 //!   the `PodInfo`.
 //! - [`Filter`] decides which pods and containers are shipped (`filter.*`, pod annotations).
 
