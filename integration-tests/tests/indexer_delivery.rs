@@ -133,6 +133,34 @@ async fn a_dead_letter_too_large_for_the_dlq_topic_is_truncated_and_tagged() {
     assert!(indexer.terminate(Duration::from_secs(30)).success());
 }
 
+/// Scenario 12: `setup` sizes the dead-letter topic for the largest record the records topic takes
+/// plus the letter's headers (an existing DLQ topic is left alone; then letters are truncated).
+#[tokio::test]
+async fn setup_sizes_the_dead_letter_topic_above_the_records_topic() {
+    let kafka = kafka().await;
+    let search = elasticsearch().await;
+    let names = Names::new("it-dlv-size");
+    let env = env(&kafka, &search, &names);
+    create_topic_with(&kafka, &names.topic, 1, &[("max.message.bytes", "3000000")]).await;
+    setup(&env);
+    let config = |topic: String| {
+        let kafka_config = kafka.client_config();
+        async move {
+            use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+            use rdkafka::client::DefaultClientContext;
+            let admin: AdminClient<DefaultClientContext> = kafka_config.create().expect("admin");
+            let resources = admin
+                .describe_configs([&ResourceSpecifier::Topic(&topic)], &AdminOptions::new())
+                .await
+                .expect("describe_configs");
+            let resource = resources.into_iter().next().unwrap().expect("topic config");
+            resource.get("max.message.bytes").and_then(|e| e.value.clone()).unwrap()
+        }
+    };
+    assert_eq!(config(names.topic.clone()).await, "3000000");
+    assert_eq!(config(names.dlq.clone()).await, (3_000_000 + 64 * 1024).to_string());
+}
+
 /// Scenarios 14 and 18: a record for an index that refuses writes (`index.blocks.write`) is
 /// retried as blocked; it must neither hold the only concurrency slot (everything else is
 /// indexed meanwhile) nor be retried forever: after `retry.give_up_after` it is dead-lettered
