@@ -238,7 +238,7 @@ impl ControlPlane {
         cp.write_credentials();
         cp.spawn_watchdog();
         cp.start_etcd().await;
-        cp.start_apiserver().await;
+        cp.start_apiserver_process().await;
         cp.setup_rbac().await;
         eprintln!(
             "[kube] control plane up in {:.1} s: {} (etcd {}, dir {})",
@@ -456,9 +456,17 @@ sleep 1; rm -rf "$1""#;
         self.start_etcd().await;
     }
 
-    /// Starts the apiserver (again) on the same port, cert dir, tokens and etcd, and waits until
-    /// `/readyz` answers 200. Panics if it is already running.
+    /// Starts the apiserver again (after [`ControlPlane::stop_apiserver`]) on the same port, cert
+    /// dir, tokens and etcd, and waits until `/readyz` answers 200 **and** the shipper's RBAC
+    /// bindings are in effect (the RBAC authorizer loads them from informers: right after a
+    /// restart, for a moment, a ready apiserver may still answer 403 — a client started earlier
+    /// can see that window, the test code after this call does not). Panics if it is running.
     pub async fn start_apiserver(&self) {
+        self.start_apiserver_process().await;
+        self.wait_shipper_authorized().await;
+    }
+
+    async fn start_apiserver_process(&self) {
         {
             let mut slot = self.apiserver.lock().unwrap();
             assert!(slot.is_none(), "kube-apiserver is already running");
@@ -606,13 +614,20 @@ sleep 1; rm -rf "$1""#;
     async fn setup_rbac(&self) {
         self.create_namespace(SHIPPER_NAMESPACE).await;
         self.apply_manifest(Path::new(RBAC_MANIFEST)).await;
-        // The RBAC authorizer works from informers: wait until the new bindings are in effect.
+        self.wait_shipper_authorized().await;
+    }
+
+    /// The RBAC authorizer works from informers: waits until the shipper may list pods.
+    async fn wait_shipper_authorized(&self) {
+        let started = Instant::now();
         let shipper: Api<Pod> = Api::all(self.client(KubeUser::Shipper).await);
-        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match shipper.list(&ListParams::default().limit(1)).await {
                 Ok(_) => return,
-                Err(e) => assert!(Instant::now() < deadline, "shipper cannot list pods after RBAC setup: {e}"),
+                Err(e) => {
+                    assert!(started.elapsed() < Duration::from_secs(30), "the shipper cannot list pods: {e}");
+                    eprintln!("[kube] shipper not authorized yet after {:.1} s: {e}", started.elapsed().as_secs_f64());
+                }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
