@@ -52,6 +52,10 @@ impl Stack {
             ("SLUICE_UP_INDEXER_2_METRICS_PORT".into(), p(466)),
             ("SLUICE_UP_FLOW_SECONDS".into(), "4".into()),
             ("SLUICE_UP_DEMO_RATE".into(), "20".into()),
+            // What `./dev up` sets for its own docker-compose calls; the test's calls need them too.
+            ("SLUICE_IMAGE".into(), "sluice/sluice:dev".into()),
+            ("KAFKA_IMAGE".into(), "sluice/kafka:4.1.1".into()),
+            ("ES_IMAGE".into(), "sluice/elasticsearch:8.19.21".into()),
         ];
         Stack { root, project, env }
     }
@@ -83,9 +87,10 @@ impl Stack {
         self.run("docker-compose", &a)
     }
 
-    /// `sluice <args>` inside the stack's loadgen service (its volume, host network).
+    /// `sluice <args>` inside the stack's loadgen container (its volume, host network). `exec`,
+    /// not `run`: compose 1.29's `run` adds links to the dependencies, refused with host networking.
     fn sluice(&self, args: &[&str]) -> Output {
-        let mut a = vec!["run", "--rm", "-T", "--no-deps", "loadgen", "sluice"];
+        let mut a = vec!["exec", "-T", "loadgen", "sluice"];
         a.extend_from_slice(args);
         self.compose(&a)
     }
@@ -104,7 +109,7 @@ impl Stack {
         let es = format!("--es-url=http://127.0.0.1:{}", PORT_BASE + 200);
         let out = self
             .cmd("docker-compose", &[])
-            .args(["-f", "docker-compose.yml", "-p", &self.project, "run", "--rm", "-T", "--no-deps", "loadgen"])
+            .args(["-f", "docker-compose.yml", "-p", &self.project, "exec", "-T", "loadgen"])
             .args(["sluice", "verify", &manifest, &es, "--wait", "--timeout=300s", "--stable-for=60s", "--json"])
             .stderr(Stdio::inherit())
             .output()
@@ -207,6 +212,8 @@ fn compose_stack_delivers_every_line_once() {
     stack.dev(&["down"]);
     assert!(stack.containers().is_empty(), "containers left after ./dev down: {}", stack.containers());
     stack.dev(&["up"]);
+    // Anything re-read and re-sent would reach Elasticsearch within a few seconds.
+    std::thread::sleep(Duration::from_secs(10));
     assert_exactly_once(&stack.verify("burst"), 50_000);
     assert_exactly_once(&stack.verify("restarts"), 30_000);
 
