@@ -20,7 +20,7 @@ struct Cli {
 enum Command {
     /// Write kubelet-style pod logs (CRI / docker, partials, stack traces, rotation, restarts) and a manifest.
     Loadgen(loadgen::LoadgenOptions),
-    /// Check a loadgen run against Elasticsearch: every record exactly once (exit 1 on loss or duplicates).
+    /// Check a loadgen run against Elasticsearch: every record exactly once (exit 0 yes, 1 loss or duplicates, 2 error).
     Verify(verify::VerifyOptions),
 }
 

@@ -50,7 +50,7 @@ pub struct VerifyOptions {
     #[arg(long, env = "SLUICE_LOADGEN_ROOT", default_value = "/var/log/pods")]
     pub root: PathBuf,
     /// Elasticsearch URL (credentials may be in it).
-    #[arg(long, env = "ELASTICSEARCH_URL", default_value = "http://127.0.0.1:9200")]
+    #[arg(long, env = "ELASTICSEARCH_URL", hide_env_values = true, default_value = "http://127.0.0.1:9200")]
     pub es_url: String,
     /// Index pattern to scan.
     #[arg(long, default_value = "sluice-logs-*")]
