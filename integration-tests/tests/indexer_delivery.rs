@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use elasticsearch::http::Method;
 use indexer_support::{
-    Indexer, Names, TestRecord, create_topic_with, env, header_value, produce, produce_with_raw_header, producer,
-    read_all, records, set, setup, wait_committed_to_end, wait_count,
+    Indexer, Names, TestRecord, alter_topic, create_topic_with, env, header_value, produce, produce_with_raw_header,
+    producer, read_all, records, set, setup, wait_committed_to_end, wait_count,
 };
 use rdkafka::Message;
 use serde_json::json;
@@ -130,6 +130,45 @@ async fn a_dead_letter_too_large_for_the_dlq_topic_is_truncated_and_tagged() {
     );
     assert_eq!(indexer.metric_sum(DEAD_LETTERED), 2.0);
     assert!(indexer.metric_sum("sluice_indexer_dead_letters_truncated_total") >= 1.0, "{}", indexer.metrics());
+    assert!(indexer.terminate(Duration::from_secs(30)).success());
+}
+
+/// Scenario 12: a dead-letter topic that refuses a letter for good (here: not even its headers fit)
+/// used to be retried forever and silently. It must be surfaced — `dead_letter_blocked` 1,
+/// readiness false, an error log — while the record stays unsettled (offsets not committed past
+/// it), and recover once an operator fixes the topic.
+#[tokio::test]
+async fn a_dead_letter_topic_that_refuses_for_good_is_surfaced_and_recovers() {
+    let kafka = kafka().await;
+    let search = elasticsearch().await;
+    let names = Names::new("it-dlv-perm");
+    let mut env = env(&kafka, &search, &names);
+    set(&mut env, "SLUICE_KAFKA__PARTITIONS", "1");
+    create_topic_with(&kafka, &names.dlq, 1, &[("max.message.bytes", "64")]).await;
+    setup(&env);
+    let mut records = records(20, 1, 4, "perm");
+    let mut doc: serde_json::Value = serde_json::from_str(&records[5].payload).unwrap();
+    doc["log"]["offset"] = json!("not a number");
+    records[5].payload = doc.to_string();
+    produce(&producer(&kafka), &names.topic, &records).await;
+
+    let mut indexer = Indexer::spawn(&env, "it-dlv-perm");
+    indexer.wait_metric("sluice_indexer_dead_letter_blocked", Duration::from_secs(60), |v| v == 1.0).await;
+    let ready = indexer.readyz();
+    assert!(ready.starts_with("HTTP/1.1 503") && ready.contains("dead-letter topic refuses writes"), "{ready}");
+    assert!(indexer.log_text().contains("dead letters cannot be written"), "{}", indexer.log_tail());
+    assert!(indexer.metric_sum("sluice_indexer_dead_letter_failures_total{reason=\"permanent\"}") >= 1.0);
+    let (committed, _) = indexer_support::offsets(&kafka, &names.group, &names.topic).await;
+    assert!(committed[0] <= 5, "committed past the record whose letter failed: {committed:?}");
+
+    alter_topic(&kafka, &names.dlq, &[("max.message.bytes", "1000000")]).await;
+    wait_committed_to_end(&kafka, &names.group, &names.topic, Duration::from_secs(60)).await;
+    indexer.wait_metric("sluice_indexer_dead_letter_blocked", Duration::from_secs(10), |v| v == 0.0).await;
+    assert!(indexer.readyz().starts_with("HTTP/1.1 200"), "{}", indexer.readyz());
+    let letters = read_all(&kafka, &names.dlq, 1, Duration::from_secs(10)).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].payload(), Some(records[5].payload.as_bytes()), "whole once the topic takes it");
+    assert_eq!(header_value(&letters[0], "sluice.truncated"), None);
     assert!(indexer.terminate(Duration::from_secs(30)).success());
 }
 

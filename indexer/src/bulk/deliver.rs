@@ -469,7 +469,13 @@ impl Sink {
                                 } else {
                                     let full = batch.original(&letter.item).payload.map_or(0, |p| p.len());
                                     match letter.max_payload.unwrap_or(full) {
-                                        0 => permanent = Some(format!("{text} (even without payload)")),
+                                        0 => {
+                                            permanent = Some(format!("{text} (even without payload)"));
+                                            self.metrics.dead_letter_failure("permanent");
+                                            // After the operator's fix, try the whole letter again.
+                                            letter.max_payload = None;
+                                            letter.alone = false;
+                                        }
                                         now => letter.max_payload = Some(now / 2),
                                     }
                                 }

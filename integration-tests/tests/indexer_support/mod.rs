@@ -483,6 +483,17 @@ pub fn header_value(message: &rdkafka::message::OwnedMessage, name: &str) -> Opt
 
 /// Waits until the process exits by itself; `None` after `timeout`.
 impl Indexer {
+    /// The whole HTTP answer of `/readyz` (status line included; empty if not reachable).
+    pub fn readyz(&self) -> String {
+        let mut out = String::new();
+        if let Ok(mut stream) = std::net::TcpStream::connect(&self.metrics_addr) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = write!(stream, "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let _ = stream.read_to_string(&mut out);
+        }
+        out
+    }
+
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
@@ -492,5 +503,20 @@ impl Indexer {
             std::thread::sleep(Duration::from_millis(50));
         }
         None
+    }
+}
+
+/// Sets topic-level configs of an existing topic (replacing its other topic-level overrides).
+pub async fn alter_topic(kafka: &Kafka, topic: &str, configs: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = kafka.client_config().create().expect("admin client");
+    let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic));
+    for (k, v) in configs {
+        alter = alter.set(k, v);
+    }
+    let results = admin.alter_configs([&alter], &AdminOptions::new()).await.expect("alter_configs");
+    for result in results {
+        result.unwrap_or_else(|(r, code)| panic!("altering {r:?}: {code:?}"));
     }
 }
