@@ -32,6 +32,10 @@ impl Watch {
             namespace_labels,
             ..Default::default()
         };
+        Watch::with(config, node)
+    }
+
+    fn with(config: KubernetesConfig, node: &str) -> Watch {
         let store = PodStore::new(&config);
         let metrics = EnrichMetrics::default();
         let shutdown = CancellationToken::new();
@@ -138,5 +142,23 @@ async fn node_scoped_watch_renders_real_pods_and_survives_outages() {
     until("a relist", || relists(&w.metrics) > before).await;
     until("the relist to complete", || w.store.health() == Health::Synced).await;
     assert_eq!(w.store.is_deleted(&web_uid), Some(false));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_list_where_the_api_server_offers_it() {
+    let cp = ControlPlane::options().watch_cache(true).start().await;
+    cp.create_namespace("shop").await;
+    let uid = cp.create_pod(&TestPod::new("shop", "web-0", "node-a").container("app", "nginx:1.27")).await.metadata.uid;
+    cp.create_pod(&TestPod::new("shop", "web-1", "node-b").container("app", "nginx:1.27")).await;
+    let config = KubernetesConfig {
+        kubeconfig: cp.kubeconfig(KubeUser::Shipper).display().to_string(),
+        streaming_list: true,
+        ..Default::default()
+    };
+    let w = Watch::with(config, "node-a");
+    until("the streamed initial state", || w.store.synced()).await;
+    assert!(w.found(&uid.unwrap()).is_some());
+    assert_eq!(w.store.len(), 1);
     w.stop().await;
 }

@@ -55,6 +55,12 @@ pub struct KubernetesConfig {
     /// Also watch namespaces and add their labels as `kubernetes.namespace_labels.*` (needs
     /// get/list/watch on namespaces).
     pub namespace_labels: bool,
+    /// Fetch the initial state with a streaming list (a watch with `sendInitialEvents=true`, one
+    /// object at a time) instead of a list: less memory on the API server for every (re)list.
+    /// Only where the API server offers it (feature `WatchList`; verified on 1.36): a server that
+    /// ignores the parameter never marks the end of the initial events, so the store never
+    /// becomes synced. Off by default.
+    pub streaming_list: bool,
 }
 
 impl Default for KubernetesConfig {
@@ -66,6 +72,7 @@ impl Default for KubernetesConfig {
             deleted_pod_grace: Duration::from_secs(300),
             annotations: Vec::new(),
             namespace_labels: false,
+            streaming_list: false,
         }
     }
 }

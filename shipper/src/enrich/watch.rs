@@ -92,17 +92,21 @@ pub async fn run(
         return;
     }
     let Some(client) = connect(&config, &store, &metrics, &shutdown).await else { return };
-    tracing::info!(node = %node_name, namespace_labels = config.namespace_labels, "watching pods of this node");
+    tracing::info!(
+        node = %node_name,
+        namespace_labels = config.namespace_labels,
+        streaming_list = config.streaming_list,
+        "watching pods of this node"
+    );
+    let list = |c: watcher::Config| if config.streaming_list { c.streaming_lists() } else { c.any_semantic() };
     let pods = watcher::watcher(
         Api::<Pod>::all(client.clone()),
-        watcher::Config::default().fields(&format!("spec.nodeName={node_name}")).any_semantic(),
+        list(watcher::Config::default().fields(&format!("spec.nodeName={node_name}"))),
     )
     .default_backoff()
     .boxed();
     let namespaces: BoxStream<'static, watcher::Result<Event<Namespace>>> = if config.namespace_labels {
-        watcher::watcher(Api::<Namespace>::all(client), watcher::Config::default().any_semantic())
-            .default_backoff()
-            .boxed()
+        watcher::watcher(Api::<Namespace>::all(client), list(watcher::Config::default())).default_backoff().boxed()
     } else {
         futures::stream::pending().boxed()
     };
