@@ -45,6 +45,8 @@ pub struct ShipperConfig {
     pub kafka: KafkaConfig,
     /// `kubernetes.*`.
     pub kubernetes: KubernetesConfig,
+    /// `filter.*`: which pods and containers are shipped.
+    pub filter: FilterConfig,
     /// `metrics.*`.
     pub metrics: MetricsConfig,
 }
@@ -62,6 +64,7 @@ impl Default for ShipperConfig {
             checkpoint: CheckpointConfig::default(),
             kafka: KafkaConfig::default(),
             kubernetes: KubernetesConfig::default(),
+            filter: FilterConfig::default(),
             metrics: MetricsConfig::on_port(9464),
         }
     }
@@ -89,6 +92,8 @@ impl Validate for ShipperConfig {
         if self.output == Output::Kafka {
             p.section("kafka", &self.kafka);
         }
+        p.section("kubernetes", &self.kubernetes);
+        p.section("filter", &self.filter);
         p.section("metrics", &self.metrics);
         if self.limits.pending_bytes.0 < self.parse.max_line_bytes.0 {
             p.push("limits.pending_bytes", "must be at least parse.max_line_bytes");
@@ -415,7 +420,7 @@ impl Validate for CheckpointConfig {
     }
 }
 
-pub use crate::enrich::KubernetesConfig;
+pub use crate::enrich::{FilterConfig, KubernetesConfig};
 pub use crate::publish::KafkaConfig;
 
 #[cfg(test)]

@@ -11,8 +11,9 @@ use sluice_common::cli::{CommonArgs, Startup};
 use sluice_common::prometheus_client::registry::Registry;
 use sluice_common::server::{self, Health};
 use sluice_shipper::config::{Format, Output, ShipperConfig};
+use sluice_shipper::enrich::{self, EnrichMetrics, Filter, PodStore};
 use sluice_shipper::metrics::Metrics;
-use sluice_shipper::pipeline::{self, Pipeline};
+use sluice_shipper::pipeline::{self, Enrichment, Pipeline};
 use sluice_shipper::publish::{KafkaSink, Probe, PublishMetrics};
 use sluice_shipper::sink::{Sink, StdoutSink};
 
@@ -46,6 +47,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    enrich::watch::install_crypto_provider();
     let cli = Cli::parse();
     let mut common = cli.common.clone();
     let connectivity = cli.check_connectivity;
@@ -127,6 +129,19 @@ fn run(config: ShipperConfig) -> anyhow::Result<()> {
         let mut registry = Registry::with_prefix("sluice");
         let metrics = Metrics::register(&mut registry);
         let publish_metrics = PublishMetrics::register(&mut registry);
+        let enrichment = Enrichment {
+            store: PodStore::new(&config.kubernetes),
+            filter: Arc::new(Filter::new(&config.filter).context("filter globs")?),
+            metrics: EnrichMetrics::register(&mut registry),
+        };
+        // The pod watch runs on this runtime; it never blocks the read path (invariant 4).
+        tokio::spawn(enrich::run(
+            config.kubernetes.clone(),
+            config.node_name.clone(),
+            enrichment.store.clone(),
+            enrichment.metrics.clone(),
+            shutdown.clone(),
+        ));
         let health = Health::new();
         health.set_not_ready("starting");
         let (acker, events) = pipeline::channel();
@@ -135,14 +150,14 @@ fn run(config: ShipperConfig) -> anyhow::Result<()> {
             Output::Stdout => {
                 let sink = StdoutSink::new(io::stdout(), acker);
                 health.set_ready();
-                start_read_path(&config, sink, events, metrics)?
+                start_read_path(&config, sink, events, metrics, enrichment)?
             }
             Output::Kafka => {
                 let sink =
                     KafkaSink::new(&config.kafka, config.limits.inflight_bytes.as_usize(), acker, publish_metrics)
                         .context("starting the Kafka producer")?;
                 spawn_readiness(sink.probe(), health.clone(), shutdown.clone());
-                start_read_path(&config, sink, events, metrics)?
+                start_read_path(&config, sink, events, metrics, enrichment)?
             }
         };
         let (addr, server) =
@@ -183,8 +198,9 @@ fn start_read_path<S: Sink + 'static>(
     sink: S,
     events: pipeline::Events,
     metrics: Metrics,
+    enrichment: Enrichment,
 ) -> anyhow::Result<Worker> {
-    let pipeline = Pipeline::new(config, sink, events, metrics)?;
+    let pipeline = Pipeline::new(config, sink, events, metrics)?.with_enrichment(enrichment);
     let stopper = pipeline.stopper();
     let thread = std::thread::Builder::new()
         .name("read-path".into())
@@ -214,7 +230,7 @@ fn spawn_readiness(probe: Probe, health: Health, shutdown: tokio_util::sync::Can
                         tracing::warn!(error = %e, "Kafka metadata request failed; not ready");
                     }
                     was_ready = false;
-                    health.set_not_ready(&format!("kafka: {e}"));
+                    health.set_not_ready(format!("kafka: {e}"));
                 }
                 Err(_) => return,
             }

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::{CheckpointError, Entry, Store, Tracker};
 use crate::config::ShipperConfig;
 use crate::discover::{self, DiscoverError, Discovery, GenFile, GenKind};
+use crate::enrich::{EnrichMetrics, Filter, PodStore, Resolution};
 use crate::lines::{Budgets, LineProcessor, Output};
 use crate::metrics::Metrics;
 use crate::multiline::{MultilineError, Rules};
@@ -146,6 +147,36 @@ struct Source {
     reader: Option<Reader>,
     seen_scan: u64,
     active: bool,
+    pod: PodState,
+}
+
+/// Where a source stands with its pod's metadata (see [`Core::resolve_pod`]).
+#[derive(Debug)]
+struct PodState {
+    /// When the file was discovered: the start of its `kubernetes.wait_for_pod`.
+    since: Instant,
+    /// The store's change counter at the last final resolution; unchanged store, same answer.
+    checked: Option<u64>,
+    /// A miss was counted for this file already.
+    missed: bool,
+}
+
+impl PodState {
+    fn new() -> Self {
+        PodState { since: Instant::now(), checked: None, missed: false }
+    }
+}
+
+/// Kubernetes metadata and filtering for the read path: the pod store fed by the watch
+/// ([`crate::enrich::run`]), the filter, and their metrics.
+#[derive(Debug, Clone)]
+pub struct Enrichment {
+    /// Pods of this node by uid.
+    pub store: PodStore,
+    /// Which pods and containers are shipped.
+    pub filter: Arc<Filter>,
+    /// Misses and filtered records are counted here.
+    pub metrics: EnrichMetrics,
 }
 
 enum Poll {
@@ -169,6 +200,8 @@ struct Core<S: Sink> {
     cfg: ShipperConfig,
     sink: S,
     metrics: Metrics,
+    enrich: Option<Enrichment>,
+    enrich_metrics: EnrichMetrics,
     rules: Rules,
     gens: HashMap<u64, GenState>,
     by_id: HashMap<GenerationId, u64>,
@@ -218,6 +251,8 @@ impl<S: Sink> Pipeline<S> {
             cfg: cfg.clone(),
             sink,
             metrics,
+            enrich: None,
+            enrich_metrics: EnrichMetrics::default(),
             gens: HashMap::new(),
             by_id: HashMap::new(),
             loaded: HashMap::new(),
@@ -244,6 +279,14 @@ impl<S: Sink> Pipeline<S> {
             watcher: None,
             scan_no: 0,
         })
+    }
+
+    /// Enriches records from the pod store and applies the filter (without it: path metadata only,
+    /// every file shipped).
+    pub fn with_enrichment(mut self, enrichment: Enrichment) -> Self {
+        self.core.enrich_metrics = enrichment.metrics.clone();
+        self.core.enrich = Some(enrichment);
+        self
     }
 
     /// A handle to stop [`Pipeline::run`] from another thread.
@@ -445,7 +488,13 @@ impl<S: Sink> Pipeline<S> {
             let node = &self.core.cfg.node_name;
             let src = self.sources.entry(lf.live.clone()).or_insert_with(|| {
                 self.core.metrics.files_discovered.inc();
-                Source { meta: FileMeta::new(&lf.live, node), reader: None, seen_scan: 0, active: true }
+                Source {
+                    meta: FileMeta::new(&lf.live, node),
+                    reader: None,
+                    seen_scan: 0,
+                    active: true,
+                    pod: PodState::new(),
+                }
             });
             src.seen_scan = self.scan_no;
             src.active = true;
@@ -662,6 +711,8 @@ struct Emit<'a, S: Sink> {
     inflight: &'a mut usize,
     limit: usize,
     error: &'a mut Option<SinkError>,
+    enrich_metrics: &'a EnrichMetrics,
+    dirty: &'a mut bool,
 }
 
 impl<S: Sink> Output for Emit<'_, S> {
@@ -670,6 +721,14 @@ impl<S: Sink> Output for Emit<'_, S> {
             self.skip.remove(&m.start);
             self.generation.tracker.note_acked(m.start, m.end);
             self.metrics.skipped_acked.inc();
+            return;
+        }
+        if let Some(reason) = self.meta.excluded {
+            // Not shipped by policy: acknowledged at once (the checkpoint moves), counted.
+            let seq = self.generation.tracker.submit(m.start, m.end, 0);
+            self.generation.tracker.ack(seq);
+            self.enrich_metrics.count_filtered_records(reason, 1);
+            *self.dirty = true;
             return;
         }
         if m.start < self.generation.resent_below {
@@ -891,8 +950,49 @@ impl<S: Sink> Core<S> {
         }
     }
 
+    /// Resolves the pod metadata and the filter decision of a source before its records are built;
+    /// `false` while the file waits for its pod (`kubernetes.wait_for_pod`). A pod the store no
+    /// longer has (deleted, collected) keeps the metadata the source already holds.
+    fn resolve_pod(&mut self, src: &mut Source) -> bool {
+        let Some(e) = &self.enrich else { return true };
+        let Some(path) = &src.meta.pod else { return true };
+        let changes = e.store.changes();
+        if src.pod.checked == Some(changes) {
+            return true;
+        }
+        match e.store.resolve(&path.uid, src.pod.since, Instant::now()) {
+            Resolution::Enrich(info) => src.meta.pod_info = Some(info),
+            Resolution::Wait => {
+                // The filter's path rules apply at once (an excluded namespace never waits).
+                return e.filter.check_path(&path.namespace, &path.pod, &path.uid).is_some_and(|r| {
+                    src.meta.excluded = Some(r);
+                    true
+                });
+            }
+            Resolution::PathOnly(miss) => {
+                if src.meta.pod_info.is_none() && !src.pod.missed {
+                    e.metrics.miss(miss);
+                    src.pod.missed = true;
+                }
+            }
+        }
+        let excluded = e.filter.check(path, src.meta.pod_info.as_deref());
+        if excluded != src.meta.excluded {
+            if let Some(reason) = excluded {
+                e.metrics.count_filtered_file(reason);
+                tracing::info!(path = %src.meta.path, reason = reason.as_str(), "file excluded from shipping");
+            }
+            src.meta.excluded = excluded;
+        }
+        src.pod.checked = Some(changes);
+        true
+    }
+
     fn poll_source(&mut self, src: &mut Source) -> Poll {
         let mut progress = false;
+        if !self.resolve_pod(src) {
+            return Poll::Idle;
+        }
         for _ in 0..16 {
             if src.reader.is_none() {
                 match self.select_next(src) {
@@ -990,7 +1090,20 @@ impl<S: Sink> Core<S> {
     /// Reads from the reader's position until EOF, the turn budget or back-pressure.
     fn read(&mut self, meta: &FileMeta, r: &mut Reader) -> Poll {
         let Some(key) = r.gen_key else { return Poll::Idle };
-        let Core { sink, metrics, gens, buf, builder, budgets, inflight_bytes, inflight_limit, error, .. } = self;
+        let Core {
+            sink,
+            metrics,
+            gens,
+            buf,
+            builder,
+            budgets,
+            inflight_bytes,
+            inflight_limit,
+            error,
+            enrich_metrics,
+            dirty_checkpoint,
+            ..
+        } = self;
         let generation = gens.get_mut(&key).expect("generation state");
         let mut out = Emit {
             sink,
@@ -1003,6 +1116,8 @@ impl<S: Sink> Core<S> {
             inflight: inflight_bytes,
             limit: *inflight_limit,
             error,
+            enrich_metrics,
+            dirty: dirty_checkpoint,
         };
         let handle = r.handle.as_mut().expect("open handle");
         let mut turn = 0u64;
@@ -1098,7 +1213,19 @@ impl<S: Sink> Core<S> {
     }
 
     fn finish_generation(&mut self, meta: &FileMeta, r: &mut Reader, key: u64, read_tail: bool) {
-        let Core { sink, metrics, gens, buf, builder, budgets, inflight_bytes, error, .. } = self;
+        let Core {
+            sink,
+            metrics,
+            gens,
+            buf,
+            builder,
+            budgets,
+            inflight_bytes,
+            error,
+            enrich_metrics,
+            dirty_checkpoint,
+            ..
+        } = self;
         let generation = gens.get_mut(&key).expect("generation state");
         let mut out = Emit {
             sink,
@@ -1111,6 +1238,8 @@ impl<S: Sink> Core<S> {
             inflight: inflight_bytes,
             limit: usize::MAX,
             error,
+            enrich_metrics,
+            dirty: dirty_checkpoint,
         };
         if read_tail && let Some(h) = r.handle.as_mut() {
             // An unterminated last line (bounded by the buffer; the rest of a longer one is dropped).
@@ -1189,7 +1318,9 @@ impl<S: Sink> Core<S> {
 
     fn flush_expired(&mut self, meta: &FileMeta, r: &mut Reader, now: Instant) {
         let Some(key) = r.gen_key else { return };
-        let Core { sink, metrics, gens, builder, budgets, inflight_bytes, error, .. } = self;
+        let Core {
+            sink, metrics, gens, builder, budgets, inflight_bytes, error, enrich_metrics, dirty_checkpoint, ..
+        } = self;
         let generation = gens.get_mut(&key).expect("generation state");
         let mut out = Emit {
             sink,
@@ -1202,6 +1333,8 @@ impl<S: Sink> Core<S> {
             inflight: inflight_bytes,
             limit: usize::MAX,
             error,
+            enrich_metrics,
+            dirty: dirty_checkpoint,
         };
         r.lines.flush_expired(now, budgets, &mut out);
         let resume = r.lines.resume_point(r.pos);

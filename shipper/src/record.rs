@@ -20,6 +20,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 
 use sluice_common::schema::{
     Agent, Document, Host, Kubernetes, KubernetesContainer, Log, LogFile, Name, Pod, Stream, tag,
@@ -27,6 +28,7 @@ use sluice_common::schema::{
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::discover::PodPath;
+use crate::enrich::{Excluded, PodInfo, render};
 use crate::parse::timestamp;
 use crate::reassemble::{Message, Tags};
 
@@ -98,6 +100,11 @@ pub struct FileMeta {
     pub key: String,
     /// Source key for [`GenerationId::derive`].
     pub source: String,
+    /// The pod's metadata from the pod watch, once resolved (`None`: path metadata, tagged
+    /// `metadata_from_path`). Kept while the file drains, also after the pod was deleted.
+    pub pod_info: Option<Arc<PodInfo>>,
+    /// Not shipped (filter or pod annotation): its records are acknowledged at once and counted.
+    pub excluded: Option<Excluded>,
 }
 
 impl FileMeta {
@@ -114,6 +121,8 @@ impl FileMeta {
             pod,
             node: node.to_owned(),
             key,
+            pod_info: None,
+            excluded: None,
         }
     }
 
@@ -180,20 +189,27 @@ impl RecordBuilder {
         };
         let mut tag_list: Vec<Cow<'_, str>> = Vec::with_capacity(2);
         tag_list.extend(tags.names().map(Cow::Borrowed));
-        tag_list.push(Cow::Borrowed(tag::METADATA_FROM_PATH));
+        let (kubernetes, runtime) = match (&meta.pod_info, &meta.pod) {
+            (Some(info), Some(path)) => render(info, &path.container, Some(path.restart)),
+            _ => {
+                tag_list.push(Cow::Borrowed(tag::METADATA_FROM_PATH));
+                let k = Kubernetes {
+                    namespace: Cow::Borrowed(namespace),
+                    pod: Pod { name: Cow::Borrowed(pod_name), uid: Cow::Borrowed(uid) },
+                    container: KubernetesContainer { name: Cow::Borrowed(container), restart_count: None },
+                    node: Name { name: Cow::Borrowed(&meta.node) },
+                    ..Default::default()
+                };
+                (k, None)
+            }
+        };
         let doc = Document {
             timestamp: Cow::Borrowed(&self.ts),
             message,
             stream: msg.stream,
             log: Log { file: LogFile { path: Cow::Borrowed(&meta.path) }, offset: msg.start },
-            kubernetes: Kubernetes {
-                namespace: Cow::Borrowed(namespace),
-                pod: Pod { name: Cow::Borrowed(pod_name), uid: Cow::Borrowed(uid) },
-                container: KubernetesContainer { name: Cow::Borrowed(container), restart_count: None },
-                node: Name { name: Cow::Borrowed(&meta.node) },
-                ..Default::default()
-            },
-            container: None,
+            kubernetes,
+            container: runtime,
             host: Host { name: Cow::Borrowed(&meta.node) },
             agent: Agent::default(),
             tags: tag_list,

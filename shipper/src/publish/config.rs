@@ -131,7 +131,11 @@ fn valid_topic(name: &str) -> bool {
 impl Validate for KafkaConfig {
     fn validate(&self, p: &mut Problems) {
         validate_host_ports(p, "brokers", &self.brokers);
-        p.check(valid_topic(&self.topic), "topic", "must be 1-249 characters of [a-zA-Z0-9._-]");
+        if self.topic.is_empty() {
+            p.push("topic", "must not be empty");
+        } else {
+            p.check(valid_topic(&self.topic), "topic", "must be 1-249 characters of [a-zA-Z0-9._-]");
+        }
         if !self.topic_template.is_empty() {
             p.check(
                 self.topic_template.contains(NAMESPACE_PLACEHOLDER),

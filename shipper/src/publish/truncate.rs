@@ -24,22 +24,35 @@ pub fn truncate_document(value: &[u8], max: usize) -> Result<Vec<u8>, TruncateEr
         doc.tags.insert(0, Cow::Borrowed(tag::TRUNCATED));
     }
     let message = doc.message.clone().into_owned();
-    // Escaping can make the encoded message longer than its bytes: cut, measure, cut more.
-    let mut keep = message.len();
     let mut out = Vec::with_capacity(max.min(value.len()));
-    loop {
-        doc.message = Cow::Borrowed(&message[..keep]);
+    let encode = |doc: &Document<'_>, out: &mut Vec<u8>| -> Result<usize, TruncateError> {
         out.clear();
-        serde_json::to_writer(&mut out, &doc)?;
-        if out.len() <= max {
-            return Ok(out);
-        }
-        if keep == 0 {
-            return Err(TruncateError::TooLargeWithoutMessage(out.len()));
-        }
-        let over = out.len() - max;
-        keep = floor_char_boundary(&message, keep.saturating_sub(over.max(1)));
+        serde_json::to_writer(&mut *out, doc)?;
+        Ok(out.len())
+    };
+    doc.message = Cow::Borrowed("");
+    let skeleton = encode(&doc, &mut out)?;
+    if skeleton > max {
+        return Err(TruncateError::TooLargeWithoutMessage(skeleton));
     }
+    // Escaping makes the encoded length differ from the byte length: binary search the longest
+    // prefix (cut at a char boundary) whose document fits.
+    let (mut lo, mut hi) = (0usize, message.len());
+    while lo < hi {
+        let mid = floor_char_boundary(&message, lo + (hi - lo).div_ceil(2));
+        if mid <= lo {
+            break;
+        }
+        doc.message = Cow::Borrowed(&message[..mid]);
+        if encode(&doc, &mut out)? <= max {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    doc.message = Cow::Borrowed(&message[..lo]);
+    encode(&doc, &mut out)?;
+    Ok(out)
 }
 
 /// The largest char boundary of `s` at or below `i`.
@@ -86,7 +99,8 @@ mod tests {
     #[test]
     fn tag_is_not_repeated_and_limit_below_skeleton_is_an_error() {
         let big = doc(&"x".repeat(3000), &["truncated"]);
-        let d: Document<'_> = serde_json::from_slice(&truncate_document(&big, 1000).unwrap()).unwrap();
+        let out = truncate_document(&big, 1000).unwrap();
+        let d: Document<'_> = serde_json::from_slice(&out).unwrap();
         assert_eq!(d.tags, vec!["truncated"]);
         assert!(matches!(truncate_document(&big, 50), Err(TruncateError::TooLargeWithoutMessage(_))));
         assert!(truncate_document(b"{]", 50).is_err());

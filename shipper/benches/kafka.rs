@@ -1,0 +1,249 @@
+//! Files → `sluice-shipper` → a real Kafka broker, side by side **in the same run** with `kcat -P`
+//! producing the same lines to the same broker with the same compression and `acks=all`.
+//!
+//! ```text
+//! KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 cargo bench -p sluice-shipper --bench kafka
+//! ```
+//! Settings (environment): `LINES` (1,000,000), `FILES` (500 containers), `LINE_BYTES` (200, CRI line
+//! length), `ROUNDS` (3), `COMPRESSION` (zstd). Prints per round and the median: lines/s, MB/s of log
+//! read, CPU seconds (user + system) and CPU seconds per 100 MB, peak RSS.
+//!
+//! The shipper is the release binary with its production configuration (idempotent producer,
+//! `acks=all`, checkpointing); its CPU and peak RSS (`VmHWM`) are read from `/proc/<pid>` once Kafka
+//! acknowledged every record; its time runs from start to the last acknowledgement. `kcat` runs
+//! under `/usr/bin/time` and its time is from start to exit (it exits after its final flush).
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice-shipper");
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    secs: f64,
+    cpu: f64,
+    rss_kib: u64,
+}
+
+struct Bench {
+    bootstrap: String,
+    lines: u64,
+    bytes: u64,
+    root: PathBuf,
+    flat: PathBuf,
+    work: PathBuf,
+    compression: String,
+}
+
+/// Writes `files` kubelet-style CRI logs and one flat file with the same lines (for kcat).
+fn generate(dir: &Path, lines: u64, files: u64, line_bytes: usize) -> (PathBuf, PathBuf, u64) {
+    let root = dir.join("pods");
+    let flat = dir.join("flat.log");
+    let mut flat_out = BufWriter::with_capacity(1 << 20, File::create(&flat).unwrap());
+    let mut outs: Vec<BufWriter<File>> = (0..files)
+        .map(|i| {
+            let d = root.join(format!("bench-ns{}_pod-{i}_uid-{i:08}", i % 10)).join("app");
+            fs::create_dir_all(&d).unwrap();
+            BufWriter::with_capacity(16 << 10, File::create(d.join("0.log")).unwrap())
+        })
+        .collect();
+    let mut total = 0u64;
+    let mut line = String::with_capacity(line_bytes + 1);
+    for n in 0..lines {
+        line.clear();
+        let stream = if n % 5 == 0 { "stderr" } else { "stdout" };
+        use std::fmt::Write as _;
+        let _ = write!(
+            line,
+            "2026-12-02T07:{:02}:{:02}.{:09}Z {stream} F level=info seq={n} msg=\"request served\" path=/api/v1/items/{} ",
+            (n / 60_000_000) % 60,
+            (n / 1_000_000) % 60,
+            n % 1_000_000_000,
+            n % 977
+        );
+        while line.len() < line_bytes - 1 {
+            line.push((b'a' + (line.len() % 26) as u8) as char);
+        }
+        line.push('\n');
+        total += line.len() as u64;
+        outs[(n % files) as usize].write_all(line.as_bytes()).unwrap();
+        flat_out.write_all(line.as_bytes()).unwrap();
+    }
+    for mut o in outs {
+        o.flush().unwrap();
+    }
+    flat_out.flush().unwrap();
+    (root, flat, total)
+}
+
+fn create_topic(topic: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let kafka = sluice_integration_tests::kafka().await;
+        kafka.create_topic(topic, 3).await;
+    });
+}
+
+fn proc_cpu_secs(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn proc_hwm_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn metric(port: u16, series: &str) -> Option<f64> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+}
+
+impl Bench {
+    fn kcat(&self, round: usize) -> Figures {
+        let topic = format!("bench-kcat-{}-{round}", std::process::id());
+        create_topic(&topic);
+        let start = Instant::now();
+        let out = Command::new("/usr/bin/time")
+            .args(["-f", "%e %U %S %M", "kcat", "-P", "-b", &self.bootstrap, "-t", &topic])
+            .args(["-X", &format!("compression.type={}", self.compression), "-X", "acks=all"])
+            .args(["-X", "enable.idempotence=true", "-X", "linger.ms=10", "-X", "batch.size=1048576"])
+            .args(["-X", "queue.buffering.max.messages=1000000", "-l"])
+            .arg(&self.flat)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("kcat (apt-get install kcat)");
+        let secs = start.elapsed().as_secs_f64();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "kcat failed: {err}");
+        let last = err.lines().last().unwrap_or_default();
+        let v: Vec<f64> = last.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        assert_eq!(v.len(), 4, "unexpected /usr/bin/time output: {err}");
+        Figures { secs, cpu: v[1] + v[2], rss_kib: v[3] as u64 }
+    }
+
+    fn shipper(&self, round: usize) -> Figures {
+        let topic = format!("bench-shipper-{}-{round}", std::process::id());
+        create_topic(&topic);
+        let ckpt = self.work.join(format!("ckpt-{round}"));
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let start = Instant::now();
+        let mut child = Command::new(BIN)
+            .args(["--log-level", "warn"])
+            .env("SLUICE_NODE_NAME", "bench-node")
+            .env("SLUICE_OUTPUT", "kafka")
+            .env("SLUICE_KAFKA__BROKERS", &self.bootstrap)
+            .env("SLUICE_KAFKA__TOPIC", &topic)
+            .env("SLUICE_KAFKA__COMPRESSION", &self.compression)
+            .env("SLUICE_KUBERNETES__ENABLED", "false")
+            .env("SLUICE_PATHS__ROOT", &self.root)
+            .env("SLUICE_PATHS__SYMLINK_DIRS", "")
+            .env("SLUICE_CHECKPOINT__DIR", &ckpt)
+            .env("SLUICE_METRICS__LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("sluice-shipper");
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let (secs, cpu, rss_kib) = loop {
+            let delivered = metric(port, "sluice_shipper_kafka_delivered_records_total").unwrap_or(0.0);
+            if delivered as u64 >= self.lines {
+                break (start.elapsed().as_secs_f64(), proc_cpu_secs(pid), proc_hwm_kib(pid));
+            }
+            assert!(Instant::now() < deadline, "shipper did not deliver {} lines in 600 s", self.lines);
+            assert!(child.try_wait().unwrap().is_none(), "shipper exited early");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let _ = child.wait();
+        let _ = fs::remove_dir_all(&ckpt);
+        Figures { secs, cpu, rss_kib }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let Ok(bootstrap) = std::env::var("KAFKA_BOOTSTRAP_SERVERS") else {
+        eprintln!("set KAFKA_BOOTSTRAP_SERVERS (./dev services up prints it) to run this benchmark");
+        std::process::exit(2);
+    };
+    let lines: u64 = env_or("LINES", 1_000_000);
+    let files: u64 = env_or("FILES", 500);
+    let line_bytes: usize = env_or("LINE_BYTES", 200);
+    let rounds: usize = env_or("ROUNDS", 3);
+    let compression: String = env_or("COMPRESSION", "zstd".to_owned());
+    let work = tempfile::tempdir().unwrap();
+    let (root, flat, bytes) = generate(work.path(), lines, files, line_bytes);
+    println!(
+        "{lines} CRI lines of {line_bytes} B in {files} files ({:.1} MB), compression {compression}, acks=all",
+        bytes as f64 / 1e6
+    );
+    let bench = Bench { bootstrap, lines, bytes, root, flat, work: work.path().to_owned(), compression };
+    let (mut k, mut s) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        // Alternate the order so neither always runs on a warmer broker.
+        let (a, b) = if round % 2 == 0 {
+            let a = bench.kcat(round);
+            (a, bench.shipper(round))
+        } else {
+            let b = bench.shipper(round);
+            (bench.kcat(round), b)
+        };
+        for (name, f) in [("kcat -P", a), ("sluice-shipper", b)] {
+            println!(
+                "round {round} {name:>15}: {:>9.0} lines/s {:>6.1} MB/s  cpu {:>5.2} s ({:.2} s/100 MB)  peak RSS {:>6.1} MiB",
+                bench.lines as f64 / f.secs,
+                bench.bytes as f64 / 1e6 / f.secs,
+                f.cpu,
+                f.cpu / (bench.bytes as f64 / 1e8),
+                f.rss_kib as f64 / 1024.0
+            );
+        }
+        k.push(a);
+        s.push(b);
+    }
+    let rate = |v: &[Figures]| median(v.iter().map(|f| bench.lines as f64 / f.secs).collect());
+    let cpu = |v: &[Figures]| median(v.iter().map(|f| f.cpu / (bench.bytes as f64 / 1e8)).collect());
+    let rss = |v: &[Figures]| median(v.iter().map(|f| f.rss_kib as f64 / 1024.0).collect());
+    println!(
+        "median: kcat {:.0} lines/s, shipper {:.0} lines/s = {:.0} % of kcat; CPU s/100 MB kcat {:.2}, shipper {:.2}; peak RSS kcat {:.1} MiB, shipper {:.1} MiB",
+        rate(&k),
+        rate(&s),
+        100.0 * rate(&s) / rate(&k),
+        cpu(&k),
+        cpu(&s),
+        rss(&k),
+        rss(&s)
+    );
+}
