@@ -164,16 +164,10 @@ async fn run_pipeline(
     let consumer = consume::create(&config, shared.clone())?;
     // The consumer stops on shutdown, or when another stage died.
     let stop = shutdown.child_token();
-    let consumer_done = CancellationToken::new();
-    let thread = {
-        let done = consumer_done.clone();
+    let (thread, consumer_done) = {
         let stop = stop.clone();
         let interval = config.kafka.commit_interval;
-        std::thread::Builder::new().name("kafka-consumer".into()).spawn(move || {
-            // Cancelled however the thread ends, a panic included: nobody waits for a dead thread.
-            let _done = done.drop_guard();
-            consume::run(consumer, shared, interval, stop);
-        })?
+        spawn_thread("kafka-consumer", move || consume::run(consumer, shared, interval, stop))?
     };
 
     let side_tasks = CancellationToken::new();
@@ -287,6 +281,21 @@ async fn run_pipeline(
     }
 }
 
+/// Runs `f` on its own thread; the token is cancelled however the thread ends, a panic included,
+/// so nobody waits for a dead thread (the panic itself comes out of `join`).
+fn spawn_thread(
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> std::io::Result<(std::thread::JoinHandle<()>, CancellationToken)> {
+    let done = CancellationToken::new();
+    let guard = done.clone();
+    let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
+        let _done = guard.drop_guard();
+        f();
+    })?;
+    Ok((thread, done))
+}
+
 /// A batch dispatched after the bulk stage stopped taking them: not delivered, not committed.
 fn backlog_drop(backlog: &Backlog, dispatched: consume::Dispatched) {
     backlog.started();
@@ -329,6 +338,19 @@ async fn report_nodes(pool: Arc<NodePool>, metrics: Metrics, stop: CancellationT
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Issue #9, scenario 11: a consumer thread that panics (as on a non-UTF-8 header key before)
+    // is seen at once and its panic reported; the pipeline then ends with an error (exit 1).
+    #[tokio::test]
+    async fn a_panicking_stage_thread_is_seen_and_reported() {
+        let (thread, done) = spawn_thread("test-stage", || panic!("header key is not UTF-8")).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), done.cancelled()).await.expect("death noticed");
+        let panic = thread.join().unwrap_err();
+        assert_eq!(panic_text(&*panic), "header key is not UTF-8");
+        let (thread, done) = spawn_thread("test-stage", || {}).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), done.cancelled()).await.expect("end noticed");
+        assert!(thread.join().is_ok());
+    }
 
     // Issue #9, scenario 19: a panicking delivery task is reported, not discarded.
     #[tokio::test]
