@@ -735,6 +735,11 @@ impl<S: Sink> Output for Emit<'_, S> {
             self.metrics.resent.inc();
         }
         let rec = self.builder.build(self.meta, self.generation.id, &m);
+        if self.meta.pod_info.is_some() {
+            self.enrich_metrics.hits.inc();
+        } else if let Some(miss) = self.meta.path_only {
+            self.enrich_metrics.miss(miss);
+        }
         count_tags(self.metrics, rec.tags, m.flushed);
         let bytes = rec.value.len() + rec.id.len() + 64;
         let seq = self.generation.tracker.submit(m.start, m.end, bytes);
@@ -961,7 +966,10 @@ impl<S: Sink> Core<S> {
             return true;
         }
         match e.store.resolve(&path.uid, src.pod.since, Instant::now()) {
-            Resolution::Enrich(info) => src.meta.pod_info = Some(info),
+            Resolution::Enrich(info) => {
+                src.meta.pod_info = Some(info);
+                src.meta.path_only = None;
+            }
             Resolution::Wait => {
                 // The filter's path rules apply at once (an excluded namespace never waits).
                 return e.filter.check_path(&path.namespace, &path.pod, &path.uid).is_some_and(|r| {
@@ -970,9 +978,12 @@ impl<S: Sink> Core<S> {
                 });
             }
             Resolution::PathOnly(miss) => {
-                if src.meta.pod_info.is_none() && !src.pod.missed {
-                    e.metrics.miss(miss);
-                    src.pod.missed = true;
+                if src.meta.pod_info.is_none() {
+                    src.meta.path_only = Some(miss);
+                    if !src.pod.missed {
+                        tracing::debug!(path = %src.meta.path, reason = miss.as_str(), "no pod metadata; path metadata");
+                        src.pod.missed = true;
+                    }
                 }
             }
         }

@@ -28,7 +28,7 @@ use sluice_common::schema::{
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::discover::PodPath;
-use crate::enrich::{Excluded, PodInfo, render};
+use crate::enrich::{Excluded, Miss, PodInfo, render};
 use crate::parse::timestamp;
 use crate::reassemble::{Message, Tags};
 
@@ -105,6 +105,8 @@ pub struct FileMeta {
     pub pod_info: Option<Arc<PodInfo>>,
     /// Not shipped (filter or pod annotation): its records are acknowledged at once and counted.
     pub excluded: Option<Excluded>,
+    /// Why records of this kubelet file carry path metadata only (counted per record).
+    pub path_only: Option<Miss>,
 }
 
 impl FileMeta {
@@ -123,6 +125,7 @@ impl FileMeta {
             key,
             pod_info: None,
             excluded: None,
+            path_only: None,
         }
     }
 
