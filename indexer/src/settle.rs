@@ -362,4 +362,37 @@ mod tests {
         assert_eq!(t.commit_points(None), vec![(0, 1_000_000)]);
         assert_eq!((t.in_flight(0), t.unsettled_span(0)), (0, 0));
     }
+
+    // Runs against a plain model: random offsets with gaps, settled in random order (some twice),
+    // the commit point is always one past the contiguous settled prefix of dispatched offsets.
+    #[test]
+    fn runs_agree_with_a_plain_model() {
+        use rand::Rng;
+        use rand::seq::SliceRandom;
+        let mut rng = rand::rng();
+        for _ in 0..200 {
+            let mut t = Tracker::new();
+            let e = t.assign(0);
+            let mut offsets = Vec::new();
+            let mut next = rng.random_range(0..5i64);
+            for _ in 0..rng.random_range(1..60) {
+                offsets.push(next);
+                next += rng.random_range(1..4);
+            }
+            dispatch(&mut t, 0, &offsets);
+            let mut order = offsets.clone();
+            order.shuffle(&mut rng);
+            let mut settled = std::collections::BTreeSet::new();
+            for &o in &order {
+                assert!(t.settle(0, e, o), "first settle of {o}");
+                assert!(!t.settle(0, e, o), "second settle of {o} is a no-op");
+                settled.insert(o);
+                let prefix = offsets.iter().take_while(|o| settled.contains(o)).last();
+                let expected: Vec<(i32, i64)> = prefix.map(|&o| (0, o + 1)).into_iter().collect();
+                assert_eq!(t.commit_points(None), expected, "offsets {offsets:?}, settled {settled:?}");
+                assert_eq!(t.in_flight(0), offsets.len() - settled.len());
+                assert!(t.stored_entries() <= 2 * t.in_flight(0) + 1);
+            }
+        }
+    }
 }
