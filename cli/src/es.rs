@@ -18,7 +18,7 @@ pub enum EsError {
         reason: String,
     },
     /// The request did not get a response.
-    #[error("{method} {url}: {source}")]
+    #[error("{method} {url}")]
     Http {
         /// HTTP method.
         method: Method,

@@ -37,7 +37,7 @@ use crate::token;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadgenError {
     /// A file operation failed.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file or folder.
         path: PathBuf,

@@ -18,7 +18,7 @@ pub const VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     /// The file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The manifest path.
         path: PathBuf,
@@ -26,7 +26,7 @@ pub enum ManifestError {
         source: std::io::Error,
     },
     /// The file is not a manifest.
-    #[error("{path}: not a loadgen manifest: {source}")]
+    #[error("{path}: not a loadgen manifest")]
     Json {
         /// The manifest path.
         path: PathBuf,
