@@ -170,6 +170,10 @@ pub struct Entry {
     /// Acknowledged `[start, end)` ranges beyond `offset`, skipped when re-read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skip: Vec<(u64, u64)>,
+    /// RFC 3339 time pinned when the generation was first seen: the date (index) of its records
+    /// that have no readable timestamp and none before them in the generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seen: Option<String>,
 }
 
 /// The checkpoint file.
@@ -327,6 +331,7 @@ mod tests {
             acked_max: 50,
             complete: false,
             skip: vec![(44, 50)],
+            first_seen: Some("2026-11-27T00:00:00Z".into()),
         }];
         store.save(entries.clone()).unwrap();
         assert_eq!(store.load().unwrap(), entries);

@@ -4,6 +4,7 @@
 //! Used by the tailer ([`crate::pipeline`]) and by `inspect`, so both produce the same records.
 
 use std::borrow::Cow;
+use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use sluice_common::schema::Stream;
 
 use crate::config::Format;
 use crate::multiline::{Joiner, Rule};
-use crate::parse::{Fragment, ParseError, cri, detect, parse_line};
+use crate::parse::{Fragment, ParseError, cri, detect, parse_line, timestamp};
 use crate::reassemble::{Assembler, Budget, FlushReason, Message, Tags, utf8_cut};
 use crate::record::parse_error_message;
 
@@ -67,6 +68,9 @@ pub struct LineProcessor {
     assembler: Assembler,
     joiner: Option<Joiner>,
     long: Option<LongLine>,
+    /// The timestamp of the last line read (in file order) whose timestamp is readable: the
+    /// timestamp of the following lines that have none (see [`LineProcessor::seed_timestamp`]).
+    last_ts: Vec<u8>,
 }
 
 struct Chain<'a, O: Output> {
@@ -74,10 +78,22 @@ struct Chain<'a, O: Output> {
     budget: &'a mut Budget,
     now: Instant,
     out: &'a mut O,
+    /// The last readable timestamp before the line being processed (empty: none in this generation).
+    fallback: &'a [u8],
 }
 
 impl<O: Output> Chain<'_, O> {
-    fn send(&mut self, m: Message<'_>) {
+    fn send(&mut self, mut m: Message<'_>) {
+        // Routing (the index date) must follow from the bytes on disk: a message without a readable
+        // timestamp takes the last readable one before it in the file; with none, an empty timestamp
+        // tells the pipeline to use the generation's pinned date. Tagged and counted either way.
+        if timestamp::parse(&m.timestamp).is_none() {
+            if !m.tags.contains(Tags::PARSE_ERROR) {
+                m.tags.insert(Tags::PARSE_ERROR);
+                self.out.parse_error(ParseError::Timestamp);
+            }
+            m.timestamp = Cow::Owned(self.fallback.to_vec());
+        }
         match self.joiner {
             Some(j) => j.push(m, self.now, self.budget, &mut |m| self.out.message(m)),
             None => self.out.message(m),
@@ -94,6 +110,7 @@ impl LineProcessor {
             assembler: Assembler::new(max_line, flush_timeout),
             joiner: rule.map(Joiner::new),
             long: None,
+            last_ts: Vec::new(),
         }
     }
 
@@ -181,9 +198,20 @@ impl LineProcessor {
         if self.format == Format::Auto {
             self.format = detect(line);
         }
+        let parsed = parse_line(self.format, line);
         let Budgets { partial, multiline } = budgets;
-        let mut chain = Chain { joiner: &mut self.joiner, budget: multiline, now, out };
-        match parse_line(self.format, line) {
+        let mut chain = Chain { joiner: &mut self.joiner, budget: multiline, now, out, fallback: &self.last_ts };
+        match parsed {
+            Ok(frag) if readable(self.format, &frag) => {
+                // Borrowed from the line (an escaped docker `time` is the rare owned case).
+                let ts: Cow<'_, [u8]> = match &frag.timestamp {
+                    Cow::Borrowed(b) => Cow::Borrowed(*b),
+                    Cow::Owned(v) => Cow::Owned(v.clone()),
+                };
+                self.assembler.push(frag, start, end, now, partial, &mut |m| chain.send(m));
+                self.last_ts.clear();
+                self.last_ts.extend_from_slice(&ts);
+            }
             Ok(frag) => self.assembler.push(frag, start, end, now, partial, &mut |m| chain.send(m)),
             Err(err) => {
                 chain.out.parse_error(err);
@@ -215,7 +243,7 @@ impl LineProcessor {
             self.format = detect(piece);
         }
         let Budgets { partial, multiline } = budgets;
-        let mut chain = Chain { joiner: &mut self.joiner, budget: multiline, now, out };
+        let mut chain = Chain { joiner: &mut self.joiner, budget: multiline, now, out, fallback: &self.last_ts };
         match &self.long {
             None => {
                 // First piece: parse the CRI header, or forward the raw beginning as a parse error.
@@ -263,7 +291,7 @@ impl LineProcessor {
     /// Sends partial and multiline records idle for longer than their timeouts.
     pub fn flush_expired<O: Output>(&mut self, now: Instant, budgets: &mut Budgets, out: &mut O) {
         let Budgets { partial, multiline } = budgets;
-        let mut chain = Chain { joiner: &mut self.joiner, budget: multiline, now, out };
+        let mut chain = Chain { joiner: &mut self.joiner, budget: multiline, now, out, fallback: &self.last_ts };
         self.assembler.flush_expired(now, partial, &mut |m| chain.send(m));
         if let Some(j) = chain.joiner.as_mut() {
             j.flush_expired(now, &mut *chain.budget, &mut |m| chain.out.message(m));
@@ -273,7 +301,8 @@ impl LineProcessor {
     /// Sends everything pending (end of a file), tagging partial lines `partial_flushed`.
     pub fn flush_all<O: Output>(&mut self, reason: FlushReason, budgets: &mut Budgets, out: &mut O) {
         let Budgets { partial, multiline } = budgets;
-        let mut chain = Chain { joiner: &mut self.joiner, budget: multiline, now: Instant::now(), out };
+        let mut chain =
+            Chain { joiner: &mut self.joiner, budget: multiline, now: Instant::now(), out, fallback: &self.last_ts };
         self.assembler.flush_all(reason, partial, &mut |m| chain.send(m));
         if let Some(j) = chain.joiner.as_mut() {
             j.flush_all(&mut *chain.budget, &mut |m| chain.out.message(m));
@@ -288,6 +317,136 @@ impl LineProcessor {
             j.discard(&mut budgets.multiline);
         }
         self.long = None;
+    }
+}
+
+/// Whether a parsed line's timestamp is readable (CRI timestamps are validated by the parser).
+fn readable(format: Format, frag: &Fragment<'_>) -> bool {
+    format == Format::Cri || timestamp::parse(&frag.timestamp).is_some()
+}
+
+/// The readable timestamp of one physical line, if any.
+fn line_timestamp(format: Format, line: &[u8]) -> Option<Vec<u8>> {
+    let format = if format == Format::Auto { detect(line) } else { format };
+    let frag = parse_line(format, line).ok()?;
+    readable(format, &frag).then(|| frag.timestamp.into_owned())
+}
+
+fn read_full(
+    read_at: &mut dyn FnMut(&mut [u8], u64) -> io::Result<usize>,
+    buf: &mut [u8],
+    off: u64,
+) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = read_at(&mut buf[got..], off + got as u64)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(got)
+}
+
+impl LineProcessor {
+    /// Before reading resumes at `pos` (a line start) in the middle of a generation: finds the last
+    /// line before `pos` whose timestamp is readable, exactly as reading from 0 would have, so records
+    /// without a timestamp get the same date (index) after a restart. Lines longer than `buf` are
+    /// skipped, as reading skips their timestamps. `forward`: read from 0 (gzip streams), otherwise
+    /// backwards from `pos` until one is found.
+    pub fn seed_timestamp(
+        &mut self,
+        read_at: &mut dyn FnMut(&mut [u8], u64) -> io::Result<usize>,
+        buf: &mut [u8],
+        pos: u64,
+        forward: bool,
+    ) -> io::Result<()> {
+        self.last_ts.clear();
+        let cap = buf.len() as u64;
+        if forward {
+            let (mut off, mut skipping) = (0u64, false);
+            while off < pos {
+                let want = cap.min(pos - off) as usize;
+                let n = read_full(read_at, &mut buf[..want], off)?;
+                let chunk = &buf[..n];
+                let mut i = 0;
+                if skipping {
+                    match memchr(b'\n', chunk) {
+                        Some(nl) => {
+                            i = nl + 1;
+                            skipping = false;
+                        }
+                        None if n > 0 => {
+                            off += n as u64;
+                            continue;
+                        }
+                        None => break,
+                    }
+                }
+                while let Some(nl) = memchr(b'\n', &chunk[i..]) {
+                    if let Some(ts) = line_timestamp(self.format, &chunk[i..i + nl]) {
+                        self.last_ts = ts;
+                    }
+                    i += nl + 1;
+                }
+                if i == 0 && n as u64 == cap {
+                    (i, skipping) = (n, true);
+                }
+                if i == 0 {
+                    break;
+                }
+                off += i as u64;
+            }
+            return Ok(());
+        }
+        let mut end = pos;
+        let mut skipping = false;
+        while end > 0 {
+            let start = end.saturating_sub(cap);
+            let len = (end - start) as usize;
+            if read_full(read_at, &mut buf[..len], start)? < len {
+                return Ok(());
+            }
+            if skipping {
+                // Inside a line longer than the buffer: find where it starts.
+                match memchr::memrchr(b'\n', &buf[..len]) {
+                    Some(nl) => {
+                        end = start + nl as u64 + 1;
+                        skipping = false;
+                    }
+                    None => end = start,
+                }
+                continue;
+            }
+            // `buf[len - 1]` is the `\n` ending the line before `end`.
+            let mut seg_end = len - 1;
+            while let Some(nl) = memchr::memrchr(b'\n', &buf[..seg_end]) {
+                if let Some(ts) = line_timestamp(self.format, &buf[nl + 1..seg_end]) {
+                    self.last_ts = ts;
+                    return Ok(());
+                }
+                seg_end = nl;
+            }
+            // The first segment is a whole line only when it starts the file or follows a `\n`.
+            let whole = start == 0 || {
+                let mut b = [0u8; 1];
+                read_full(read_at, &mut b, start - 1)? == 1 && b[0] == b'\n'
+            };
+            if whole {
+                if let Some(ts) = line_timestamp(self.format, &buf[..seg_end]) {
+                    self.last_ts = ts;
+                    return Ok(());
+                }
+                end = start;
+            } else if seg_end < len - 1 {
+                end = start + seg_end as u64 + 1;
+            } else {
+                // No line boundary in a whole buffer: a line longer than the buffer, skipped.
+                end = start;
+                skipping = true;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -322,6 +481,42 @@ mod tests {
 
     const MB: usize = 1 << 20;
 
+    /// (offset, timestamp, content) of every message of `input` read from `from` (as after a restart,
+    /// the processor first seeded from the bytes before `from`).
+    fn parse_all_with_ts(input: &[u8], from: usize, format: Format) -> Vec<(u64, String, String)> {
+        struct C(Vec<(u64, String, String)>);
+        impl Output for C {
+            fn message(&mut self, m: Message<'_>) {
+                self.0.push((
+                    m.start,
+                    String::from_utf8_lossy(&m.timestamp).into_owned(),
+                    String::from_utf8_lossy(&m.content).into_owned(),
+                ));
+            }
+            fn line_done(&mut self, _: u64) {}
+            fn parse_error(&mut self, _: ParseError) {}
+        }
+        let mut p = LineProcessor::new(format, MB, Duration::from_secs(5), None);
+        let mut buf = vec![0u8; 64];
+        p.seed_timestamp(
+            &mut |b: &mut [u8], off: u64| {
+                let off = off as usize;
+                let n = b.len().min(input.len() - off);
+                b[..n].copy_from_slice(&input[off..off + n]);
+                Ok(n)
+            },
+            &mut buf,
+            from as u64,
+            false,
+        )
+        .unwrap();
+        let mut budgets = Budgets::new(MB);
+        let mut out = C(Vec::new());
+        p.chunk(&input[from..], from as u64, false, Instant::now(), &mut budgets, &mut out);
+        p.flush_all(FlushReason::EndOfFile, &mut budgets, &mut out);
+        out.0
+    }
+
     fn cri(stream: &str, tag: &str, content: &[u8]) -> Vec<u8> {
         let mut l = format!("2026-11-27T00:17:09.669794202+00:00 {stream} {tag} ").into_bytes();
         l.extend_from_slice(content);
@@ -334,11 +529,45 @@ mod tests {
         let mut input = cri("stdout", "F", b"");
         input.extend(cri("stdout", "F", b"windows\r"));
         let out = parse_all(&input, Format::Auto, MB);
-        assert_eq!(out.iter().map(|o| o.1.as_str()).collect::<Vec<_>>(), vec!["", "windows"]);
+        assert_eq!(out.iter().map(|o| o.1.as_str()).collect::<Vec<_>>(), vec!["", "windows\r"]);
         // A file with CRLF line endings in docker format.
         let docker = b"{\"log\":\"a\\n\",\"stream\":\"stdout\",\"time\":\"2026-11-27T00:17:09.5+00:00\"}\r\n";
         let out = parse_all(docker, Format::Auto, MB);
         assert_eq!(out[0].1, "a");
+    }
+
+    /// Scenario 10 (issue #9): CRI content is everything before the `\n`, a trailing `\r` included;
+    /// a docker line whose `time` is empty is tagged `parse_error`.
+    #[test]
+    fn cri_keeps_trailing_cr_and_docker_empty_time_is_a_parse_error() {
+        let mut input = cri("stdout", "F", b"windows\r");
+        let mut p = cri("stdout", "P", b"part\r");
+        p.extend(cri("stdout", "F", b"end\r"));
+        input.extend(p);
+        let out = parse_all(&input, Format::Cri, MB);
+        assert_eq!(out.iter().map(|o| o.1.as_str()).collect::<Vec<_>>(), vec!["windows\r", "part\rend\r"]);
+        let docker = b"{\"log\":\"a\\n\",\"stream\":\"stdout\",\"time\":\"\"}\n";
+        let out = parse_all(docker, Format::Auto, MB);
+        assert_eq!(out[0].1, "a");
+        assert!(out[0].3.contains(Tags::PARSE_ERROR), "{:?}", out[0].3);
+    }
+
+    /// Scenario 9 (issue #9): a line without a readable timestamp carries the last readable one before
+    /// it in the file, and reading resumed in the middle of the file finds the same one.
+    #[test]
+    fn unreadable_timestamps_take_the_last_readable_one_before_them() {
+        let mut input = cri("stdout", "F", b"good");
+        input.extend(b"garbage\n");
+        input.extend(b"{\"log\":\"x\\n\",\"stream\":\"stdout\",\"time\":\"\"}\n");
+        let whole = parse_all_with_ts(&input, 0, Format::Cri);
+        assert_eq!(whole.len(), 3);
+        for m in &whole {
+            assert_eq!(m.1, "2026-11-27T00:17:09.669794202+00:00", "{m:?}");
+        }
+        // Resumed at the garbage line (restart from a checkpoint): the same timestamp.
+        let at = cri("stdout", "F", b"good").len();
+        let resumed = parse_all_with_ts(&input, at, Format::Cri);
+        assert_eq!(resumed, whole[1..].to_vec());
     }
 
     #[test]

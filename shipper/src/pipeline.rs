@@ -30,7 +30,7 @@ use crate::enrich::{EnrichMetrics, Filter, PodStore, Resolution};
 use crate::lines::{Budgets, LineProcessor, Output};
 use crate::metrics::Metrics;
 use crate::multiline::{MultilineError, Rules};
-use crate::parse::ParseError;
+use crate::parse::{ParseError, timestamp};
 use crate::reassemble::{FlushReason, Message, Tags};
 use crate::record::{FileMeta, GenerationId, RecordBuilder, fingerprint};
 use crate::sink::{AckToken, Acker, Event, Sink, SinkError};
@@ -117,6 +117,9 @@ struct GenState {
     read_done: bool,
     /// Records re-sent below this offset may be duplicates (from the checkpoint's `acked_max`).
     resent_below: u64,
+    /// Pinned when first seen (kept in the checkpoint): the timestamp of records that have no
+    /// readable one and none before them in the generation.
+    first_seen: String,
     /// Consecutive scans that did not find the generation's file.
     missing: u32,
 }
@@ -672,6 +675,7 @@ impl<S: Sink> Pipeline<S> {
                 acked_max: g.tracker.acked_max(),
                 complete: g.read_done && g.tracker.idle(),
                 skip: g.tracker.skip_list(),
+                first_seen: Some(g.first_seen.clone()),
             })
             .collect();
         entries.extend(self.core.loaded.values().cloned());
@@ -716,7 +720,7 @@ struct Emit<'a, S: Sink> {
 }
 
 impl<S: Sink> Output for Emit<'_, S> {
-    fn message(&mut self, m: Message<'_>) {
+    fn message(&mut self, mut m: Message<'_>) {
         if self.skip.get(&m.start) == Some(&m.end) {
             self.skip.remove(&m.start);
             self.generation.tracker.note_acked(m.start, m.end);
@@ -733,6 +737,10 @@ impl<S: Sink> Output for Emit<'_, S> {
         }
         if m.start < self.generation.resent_below {
             self.metrics.resent.inc();
+        }
+        if m.timestamp.is_empty() {
+            // No readable timestamp in the generation before it (see `lines`): the pinned date.
+            m.timestamp = std::borrow::Cow::Owned(self.generation.first_seen.clone().into_bytes());
         }
         let rec = self.builder.build(self.meta, self.generation.id, &m);
         if self.meta.pod_info.is_some() {
@@ -840,7 +848,7 @@ impl<S: Sink> Core<S> {
             None => {
                 let key = self.next_key;
                 self.next_key += 1;
-                let (tracker, resent_below) = match self.loaded.remove(&id) {
+                let (tracker, resent_below, first_seen) = match self.loaded.remove(&id) {
                     Some(e) => {
                         let mut t = Tracker::new(e.offset);
                         for &(s, end) in &e.skip {
@@ -848,13 +856,22 @@ impl<S: Sink> Core<S> {
                         }
                         r.pos = e.offset;
                         r.skip = e.skip.iter().copied().collect();
-                        (t, e.acked_max)
+                        (t, e.acked_max, e.first_seen)
                     }
-                    None => (Tracker::new(0), 0),
+                    None => (Tracker::new(0), 0, None),
                 };
+                let first_seen = first_seen.unwrap_or_else(timestamp::now);
                 self.gens.insert(
                     key,
-                    GenState { id, live: meta.path.clone(), tracker, read_done: false, resent_below, missing: 0 },
+                    GenState {
+                        id,
+                        live: meta.path.clone(),
+                        tracker,
+                        read_done: false,
+                        resent_below,
+                        missing: 0,
+                        first_seen,
+                    },
                 );
                 self.by_id.insert(id, key);
                 self.dirty_checkpoint = true;
@@ -862,6 +879,25 @@ impl<S: Sink> Core<S> {
             }
         };
         r.gen_key = Some(key);
+        if r.pos > 0 {
+            self.seed_timestamp(r);
+        }
+    }
+
+    /// Resuming in the middle of a generation: finds the last readable timestamp before the resume
+    /// point, as reading from 0 would have (the date of following lines without one).
+    fn seed_timestamp(&mut self, r: &mut Reader) {
+        let (pos, buf) = (r.pos, &mut self.buf);
+        let res = match r.handle.as_mut() {
+            Some(h) if !h.is_gz() => r.lines.seed_timestamp(&mut |b, off| h.read_at(b, off), buf, pos, false),
+            // A gzip stream reads forward only: a second decoder from the start.
+            _ => Handle::open(&r.path, &r.kind)
+                .and_then(|mut h| r.lines.seed_timestamp(&mut |b, off| h.read_at(b, off), buf, pos, true)),
+        };
+        if let Err(e) = res {
+            self.metrics.read_errors.inc();
+            tracing::warn!(path = %r.path.display(), error = %e, "reading back for the last timestamp failed");
+        }
     }
 
     /// Opens the oldest unfinished generation of `src`. Returns `Ok(false)` when there is none.

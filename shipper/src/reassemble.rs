@@ -5,7 +5,8 @@
 //! `max_line_bytes` is cut at a character boundary and tagged `truncated`. A pending message is sent
 //! early, tagged `partial_flushed`, when its final fragment does not come within the flush timeout,
 //! at the end of a rotated or deleted file, or when the shared [`Budget`] of pending bytes is spent.
-//! A final message loses one trailing `\r` (CRLF line endings).
+//! Content is kept byte for byte: a CRI line's content is everything before its `\n`, a trailing `\r`
+//! included (the docker parser removes the `\r` of a `log` ending in `\r\n`).
 
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
@@ -132,10 +133,6 @@ pub fn utf8_cut(bytes: &[u8], max: usize) -> usize {
     if (bytes[cut] & 0xC0) == 0x80 { max } else { cut }
 }
 
-fn strip_cr(content: &[u8]) -> &[u8] {
-    content.strip_suffix(b"\r").unwrap_or(content)
-}
-
 #[derive(Debug)]
 struct Pending {
     stream: Stream,
@@ -198,7 +195,7 @@ impl Assembler {
         if self.pending[s].is_none() {
             if !frag.partial {
                 // Fast path: a whole line, borrowed.
-                let content = strip_cr(&frag.content);
+                let content: &[u8] = &frag.content;
                 let cut = utf8_cut(content, self.max_line);
                 let mut tags = Tags::default();
                 if cut < content.len() {
@@ -242,7 +239,7 @@ impl Assembler {
         if grow > 0 && !budget.fits(grow) {
             // Out of budget: send what we have, then treat the fragment as the start of a new message.
             budget.used -= before;
-            emit(self.finish(p, Some(FlushReason::Memory), false));
+            emit(self.finish(p, Some(FlushReason::Memory)));
             self.push(frag, start, end, now, budget, emit);
             return;
         }
@@ -254,7 +251,7 @@ impl Assembler {
             self.pending[s] = Some(p);
         } else {
             budget.used -= p.held();
-            emit(self.finish(p, None, true));
+            emit(self.finish(p, None));
         }
     }
 
@@ -287,14 +284,11 @@ impl Assembler {
         });
     }
 
-    fn finish(&self, p: Pending, flushed: Option<FlushReason>, last: bool) -> Message<'static> {
+    fn finish(&self, p: Pending, flushed: Option<FlushReason>) -> Message<'static> {
         let mut tags = p.tags;
-        let mut buf = p.buf;
+        let buf = p.buf;
         if flushed.is_some() {
             tags.insert(Tags::PARTIAL_FLUSHED);
-        }
-        if last && buf.last() == Some(&b'\r') && !tags.contains(Tags::TRUNCATED) {
-            buf.pop();
         }
         Message {
             start: p.start,
@@ -333,7 +327,7 @@ impl Assembler {
     fn flush_slot<F: FnMut(Message<'_>)>(&mut self, s: usize, reason: FlushReason, budget: &mut Budget, emit: &mut F) {
         if let Some(p) = self.pending[s].take() {
             budget.used -= p.held();
-            emit(self.finish(p, Some(reason), false));
+            emit(self.finish(p, Some(reason)));
         }
     }
 }
@@ -382,7 +376,7 @@ mod tests {
         );
         assert_eq!(out.len(), 2);
         assert_eq!((out[0].0, out[0].2.as_slice(), out[0].3), (46, &b"err-1 err-2"[..], Stream::Stderr));
-        assert_eq!((out[1].0, out[1].2.as_slice(), out[1].3), (0, &b"out-1 out-2"[..], Stream::Stdout));
+        assert_eq!((out[1].0, out[1].2.as_slice(), out[1].3), (0, &b"out-1 out-2\r"[..], Stream::Stdout));
         assert_eq!(out[1].1, 46 + 46 + 45 + 46);
         assert_eq!(b.used, 0);
         assert_eq!(a.min_pending_start(), None);
@@ -449,10 +443,9 @@ mod tests {
             let mut b = Budget::new(1 << 30);
             let refs: Vec<(Stream, bool, &[u8])> = frags.iter().map(|(s, p, c)| (*s, *p, c.as_slice())).collect();
             let out = feed(&mut a, &mut b, &refs);
-            let strip = |c: &[u8]| c.strip_suffix(b"\r").unwrap_or(c).to_vec();
             for err in [false, true] {
                 let stream = if err { Stream::Stderr } else { Stream::Stdout };
-                let want: Vec<Vec<u8>> = lines.iter().filter(|l| l.0 == err).map(|l| strip(&l.1)).collect();
+                let want: Vec<Vec<u8>> = lines.iter().filter(|l| l.0 == err).map(|l| l.1.clone()).collect();
                 let got: Vec<Vec<u8>> = out.iter().filter(|o| o.3 == stream).map(|o| o.2.clone()).collect();
                 prop_assert_eq!(got, want);
             }

@@ -164,8 +164,9 @@ pub struct RecordBuilder {
 
 impl RecordBuilder {
     /// Builds the record of `msg` read from a generation of `meta`'s file. Validates UTF-8 (invalid
-    /// sequences are replaced and tagged) and the timestamp (an unreadable one becomes the read time
-    /// and the record is tagged `parse_error`).
+    /// sequences are replaced and tagged) and the timestamp (an unreadable one is tagged `parse_error`;
+    /// the read path has already replaced it by the last readable timestamp before it in the
+    /// generation or the generation's pinned date, see [`crate::lines`]; only then it is the read time).
     pub fn build<'s>(&'s mut self, meta: &'s FileMeta, generation: GenerationId, msg: &Message<'_>) -> Record<'s> {
         let mut tags = msg.tags;
         let message = match std::str::from_utf8(&msg.content) {
@@ -179,9 +180,9 @@ impl RecordBuilder {
         match timestamp::normalize(&msg.timestamp) {
             Some(ts) => self.ts.push_str(&ts),
             None => {
-                if !msg.timestamp.is_empty() {
-                    tags.insert(Tags::PARSE_ERROR);
-                }
+                // The read path never gets here (it dates such lines from the file, see `lines`);
+                // `inspect` of a file without any readable timestamp does.
+                tags.insert(Tags::PARSE_ERROR);
                 self.ts.push_str(&timestamp::now());
             }
         }

@@ -28,12 +28,12 @@ pub fn parse(line: &[u8]) -> Result<Fragment<'_>, ParseError> {
         Cow::Owned(s) => Cow::Owned(s.into_bytes()),
     };
     let partial = !raw.log.ends_with('\n');
+    // A final `log` loses its `\n` and one `\r` before it (CRLF written by the program).
+    let strip = |s: &str| s.strip_suffix('\n').map_or(s.len(), |t| t.strip_suffix('\r').unwrap_or(t).len());
     let content = match raw.log {
-        Cow::Borrowed(s) => Cow::Borrowed(s.strip_suffix('\n').unwrap_or(s).as_bytes()),
+        Cow::Borrowed(s) => Cow::Borrowed(&s.as_bytes()[..strip(s)]),
         Cow::Owned(mut s) => {
-            if s.ends_with('\n') {
-                s.pop();
-            }
+            s.truncate(strip(&s));
             Cow::Owned(s.into_bytes())
         }
     };
@@ -64,7 +64,7 @@ mod tests {
         assert!(!f.partial);
         assert_eq!(&*f.content, b"");
         let f = parse(b"{\"log\":\"crlf\\r\\n\",\"stream\":\"stdout\",\"time\":\"2026-11-27T00:17:09Z\"}\r").unwrap();
-        assert_eq!(&*f.content, b"crlf\r");
+        assert_eq!(&*f.content, b"crlf");
     }
 
     #[test]
@@ -82,7 +82,8 @@ mod tests {
             let line = serde_json::json!({"log": log, "stream": "stdout", "time": "2026-11-27T00:17:09Z"}).to_string();
             let f = parse(line.as_bytes()).unwrap();
             prop_assert_eq!(f.partial, !newline);
-            prop_assert_eq!(&*f.content, text.as_bytes());
+            let want = if newline { text.strip_suffix('\r').unwrap_or(&text) } else { &text };
+            prop_assert_eq!(&*f.content, want.as_bytes());
         }
 
         #[test]
