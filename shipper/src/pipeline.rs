@@ -211,6 +211,9 @@ struct Core<S: Sink> {
     loaded: HashMap<GenerationId, Entry>,
     /// Consecutive scans that did not find the file of a loaded entry.
     loaded_missing: HashMap<GenerationId, u32>,
+    /// Generation files skipped as unreadable or empty, by (dev, inode, size, mtime): counted and
+    /// logged once, tried again when the file changes.
+    skipped: HashSet<(u64, u64, u64, i64)>,
     ids: IdentityCache,
     buf: Vec<u8>,
     builder: RecordBuilder,
@@ -260,6 +263,7 @@ impl<S: Sink> Pipeline<S> {
             by_id: HashMap::new(),
             loaded: HashMap::new(),
             loaded_missing: HashMap::new(),
+            skipped: HashSet::new(),
             ids: IdentityCache::default(),
             buf: vec![0u8; cfg.tail.read_buffer_bytes.as_usize()],
             builder: RecordBuilder::default(),
@@ -526,6 +530,7 @@ impl<S: Sink> Pipeline<S> {
             }
         }
         self.core.ids.retain(&seen_inodes);
+        self.core.skipped.retain(|k| seen_inodes.contains(&(k.0, k.1)));
         // Readers: deleted files.
         let now = Instant::now();
         let mut lag = 0u64;
@@ -773,6 +778,10 @@ impl<S: Sink> Output for Emit<'_, S> {
     }
 }
 
+fn skip_key(g: &GenFile) -> (u64, u64, u64, i64) {
+    (g.dev, g.ino, g.size, g.mtime)
+}
+
 /// Counts the tags of a record in the metrics (shared with `inspect`).
 pub fn count_tags(m: &Metrics, tags: Tags, flushed: Option<FlushReason>) {
     if tags.contains(Tags::TRUNCATED) {
@@ -915,15 +924,25 @@ impl<S: Sink> Core<S> {
             return Ok(false);
         }
         for g in gens {
-            if g.size == 0 && g.kind != GenKind::Live {
+            if g.size == 0 && g.kind != GenKind::Live || self.skipped.contains(&skip_key(&g)) {
                 continue;
             }
             let id = match self.ids.identify(&src.meta.source, &g) {
                 Ok(id) => id,
                 // Renamed or compressed since the listing: list again later rather than skip it,
                 // which would read a newer generation first.
-                Err(_) => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                // Unreadable (permissions, corrupt gzip): skipped, so newer generations flow.
+                Err(e) => {
+                    self.skip_generation(&g, "unreadable", Some(&e));
+                    continue;
+                }
             };
+            if id.is_none() && g.kind != GenKind::Live {
+                // A rotated generation without content (a `.gz` of nothing): no identity, no records.
+                self.skip_generation(&g, "empty", None);
+                continue;
+            }
             if id.is_some_and(|id| self.is_done(id)) {
                 continue;
             }
@@ -935,8 +954,7 @@ impl<S: Sink> Core<S> {
                 // Renamed since the listing (the path may now name a newer generation): list again.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
                 Err(e) => {
-                    self.metrics.read_errors.inc();
-                    tracing::warn!(path = %g.path.display(), error = %e, "cannot open");
+                    self.skip_generation(&g, "unreadable", Some(&e));
                     continue;
                 }
             };
@@ -952,6 +970,21 @@ impl<S: Sink> Core<S> {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Skips a generation file that cannot be read (counted in `files_given_up_total{reason}`, logged
+    /// once with its path; tried again when its size or modification time changes).
+    fn skip_generation(&mut self, g: &GenFile, reason: &'static str, error: Option<&io::Error>) {
+        if !self.skipped.insert(skip_key(g)) {
+            return;
+        }
+        Metrics::inc(&self.metrics.files_given_up, reason);
+        if let Some(e) = error {
+            self.metrics.read_errors.inc();
+            tracing::warn!(path = %g.path.display(), error = %e, reason, "skipping unreadable generation");
+        } else {
+            tracing::info!(path = %g.path.display(), reason, "skipping generation without content");
+        }
     }
 
     /// Reopens a reader whose handle was closed to respect `max_open_files`.

@@ -66,3 +66,72 @@ fn unparseable_first_lines_use_the_generation_pin_across_restarts() {
     assert_eq!(a[0].id, b[0].id);
     assert_eq!(ts_of(&b[0]), ts_of(&a[0]), "a re-send must carry the same index date");
 }
+
+fn given_up(m: &sluice_shipper::metrics::Metrics, reason: &'static str) -> u64 {
+    m.files_given_up.get_or_create(&sluice_shipper::metrics::Reason { reason }).get()
+}
+
+fn cri_lines(tag: &str, from: u64, to: u64) -> String {
+    (from..to).map(|seq| format!("2027-01-01T00:00:00.{seq:09}Z stdout F {tag} {seq:08}\n")).collect()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+/// Scenario 5: a `.gz` generation that decompresses to nothing has no identity; it is skipped
+/// (counted, logged) instead of being retried in a loop that blocks the newer generations.
+#[test]
+fn empty_gzip_generation_is_skipped_and_newer_generations_flow() {
+    let env = Env::new();
+    let dir = env.root.join("ns_egz_uid-egz/app");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("0.log.20270101-000001.gz"), gzip(b"")).unwrap();
+    fs::write(dir.join("0.log.20270101-000002"), cri_lines("egz", 0, 10)).unwrap();
+    fs::write(dir.join("0.log"), cri_lines("egz", 10, 20)).unwrap();
+    let run = start(&env.config(), AckMode::InOrder);
+    run.wait_for(20, 10);
+    std::thread::sleep(Duration::from_millis(300));
+    let (records, metrics) = run.stop();
+    let expected = std::collections::BTreeMap::from([("egz".to_owned(), 20)]);
+    assert_eq!(verify(&records.iter().map(decode).collect::<Vec<_>>(), &expected), 0);
+    assert_eq!(given_up(&metrics, "empty"), 1);
+}
+
+/// Scenario 5: a corrupt gzip generation (like an unreadable file) is skipped with a metric and a
+/// log line naming it; the newer generations keep flowing.
+#[test]
+fn corrupt_gzip_generation_is_skipped_counted_and_newer_generations_flow() {
+    let env = Env::new();
+    let dir = env.root.join("ns_cgz_uid-cgz/app");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("0.log.20270101-000001.gz"), b"this is not a gzip stream\n").unwrap();
+    fs::write(dir.join("0.log.20270101-000002"), cri_lines("cgz", 0, 10)).unwrap();
+    fs::write(dir.join("0.log"), cri_lines("cgz", 10, 20)).unwrap();
+    let run = start(&env.config(), AckMode::InOrder);
+    run.wait_for(20, 10);
+    std::thread::sleep(Duration::from_millis(300));
+    let (records, metrics) = run.stop();
+    let expected = std::collections::BTreeMap::from([("cgz".to_owned(), 20)]);
+    assert_eq!(verify(&records.iter().map(decode).collect::<Vec<_>>(), &expected), 0);
+    assert_eq!(given_up(&metrics, "unreadable"), 1, "counted once, not once per poll");
+}
+
+/// Scenario 5: a directory named like a generation. Cannot stall anything: discovery lists regular
+/// files only (`discover::scan_dir`), so it is never a generation. The test pins that down.
+#[test]
+fn directory_named_like_a_generation_is_not_a_generation() {
+    let env = Env::new();
+    let dir = env.root.join("ns_dgz_uid-dgz/app");
+    fs::create_dir_all(dir.join("0.log.20270101-000001")).unwrap();
+    fs::create_dir_all(dir.join("0.log.20270101-000002.gz")).unwrap();
+    fs::write(dir.join("0.log"), cri_lines("dgz", 0, 20)).unwrap();
+    let run = start(&env.config(), AckMode::InOrder);
+    run.wait_for(20, 10);
+    std::thread::sleep(Duration::from_millis(300));
+    let (records, _) = run.stop();
+    let expected = std::collections::BTreeMap::from([("dgz".to_owned(), 20)]);
+    assert_eq!(verify(&records.iter().map(decode).collect::<Vec<_>>(), &expected), 0);
+}
