@@ -100,6 +100,23 @@ fn proc_cpu_secs(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// CPU seconds per thread name (`read-path`, `kafka-poll`, `rdk:broker…`, …).
+fn thread_cpu(pid: u32) -> String {
+    let mut by_name: std::collections::BTreeMap<String, f64> = Default::default();
+    for t in fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let tid: u32 = t.file_name().to_string_lossy().parse().unwrap_or(0);
+        let name = fs::read_to_string(t.path().join("comm")).unwrap_or_default().trim().to_owned();
+        let stat = fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let _ = tid;
+        *by_name.entry(name).or_default() += ticks / 100.0;
+    }
+    by_name.iter().filter(|(_, v)| **v > 0.0).map(|(k, v)| format!("{k} {v:.2}")).collect::<Vec<_>>().join(", ")
+}
+
 fn proc_hwm_kib(pid: u32) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -172,6 +189,7 @@ impl Bench {
         let (secs, cpu, rss_kib) = loop {
             let delivered = metric(port, "sluice_shipper_kafka_delivered_records_total").unwrap_or(0.0);
             if delivered as u64 >= self.lines {
+                println!("  shipper threads (CPU s): {}", thread_cpu(pid));
                 break (start.elapsed().as_secs_f64(), proc_cpu_secs(pid), proc_hwm_kib(pid));
             }
             assert!(Instant::now() < deadline, "shipper did not deliver {} lines in 600 s", self.lines);

@@ -386,7 +386,7 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { inflight_bytes: ByteSize::mib(16), pending_bytes: ByteSize::mib(8) }
+        LimitsConfig { inflight_bytes: ByteSize::mib(4), pending_bytes: ByteSize::mib(8) }
     }
 }
 

@@ -38,8 +38,12 @@ use crate::sink::{AckToken, Acker, Sink, SinkError};
 const MESSAGE_OVERHEAD: usize = 256;
 /// Acks forwarded to the pipeline at once from the delivery callback.
 const ACK_BATCH: usize = 4096;
-/// How often the poller serves producer events (the latency an ack can add).
-const POLL_PERIOD: Duration = Duration::from_millis(5);
+/// Longest call of the poller into librdkafka. `BaseProducer::poll` serves events until its deadline
+/// and spins through the last millisecond (its timeout rounds down to 0 ms), so the period is long
+/// and acks are forwarded from the delivery callback itself, every [`ACK_EVERY`].
+const POLL_PERIOD: Duration = Duration::from_millis(100);
+/// Longest time an ack waits in the callback's batch while reports arrive.
+const ACK_EVERY: Duration = Duration::from_millis(2);
 /// First and longest backoff before a failed record is produced again.
 const RETRY_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 /// How long a templated topic found missing is not tried again (records go to `kafka.topic`).
@@ -76,10 +80,22 @@ struct Retry {
     not_before: Instant,
 }
 
+/// Acks collected by the delivery callback, forwarded in batches.
+struct AckBatch {
+    tokens: Vec<AckToken>,
+    since: Instant,
+}
+
+impl Default for AckBatch {
+    fn default() -> Self {
+        AckBatch { tokens: Vec::new(), since: Instant::now() }
+    }
+}
+
 /// State shared by the sink, the delivery callback and the poller.
 struct Shared {
     acker: Acker,
-    acks: Mutex<Vec<AckToken>>,
+    acks: Mutex<AckBatch>,
     failed: Mutex<Vec<Retry>>,
     metrics: PublishMetrics,
     /// Bytes handed to librdkafka and not yet reported.
@@ -89,7 +105,7 @@ struct Shared {
 
 impl Shared {
     fn forward_acks(&self) {
-        let acks = std::mem::take(&mut *self.acks.lock().expect("acks lock"));
+        let acks = std::mem::take(&mut self.acks.lock().expect("acks lock").tokens);
         self.acker.ack_all(acks);
     }
 
@@ -136,9 +152,11 @@ impl ProducerContext for Context {
             Ok(_) => {
                 shared.metrics.delivered.inc();
                 let mut acks = shared.acks.lock().expect("acks lock");
-                acks.push(opaque.token);
-                if acks.len() >= ACK_BATCH {
-                    let batch = std::mem::take(&mut *acks);
+                acks.tokens.push(opaque.token);
+                let now = Instant::now();
+                if acks.tokens.len() >= ACK_BATCH || now.duration_since(acks.since) >= ACK_EVERY {
+                    acks.since = now;
+                    let batch = std::mem::take(&mut acks.tokens);
                     drop(acks);
                     shared.acker.ack_all(batch);
                 }
@@ -308,14 +326,21 @@ impl KafkaSink {
         &self.running.as_ref().expect("producer running").producer
     }
 
-    fn topic(&mut self, namespace: &str) -> String {
-        let topic = self.cfg.topic_for(namespace, &mut self.topic_buf).to_owned();
-        match self.missing_topics.get(&topic) {
+    /// Writes the topic of a record of `namespace` into `out` (no allocation without a template).
+    fn select_topic(&self, namespace: &str, out: &mut String) {
+        out.clear();
+        let mut buf = String::new();
+        let topic = self.cfg.topic_for(namespace, &mut buf);
+        if self.missing_topics.is_empty() {
+            out.push_str(topic);
+            return;
+        }
+        match self.missing_topics.get(topic) {
             Some(t) if t.elapsed() < MISSING_TOPIC_TTL => {
                 self.shared.metrics.topic_fallbacks.inc();
-                self.cfg.topic.clone()
+                out.push_str(&self.cfg.topic);
             }
-            _ => topic,
+            _ => out.push_str(topic),
         }
     }
 
@@ -436,7 +461,8 @@ impl KafkaSink {
 
 impl Sink for KafkaSink {
     fn submit(&mut self, record: &Record<'_>, token: AckToken) -> Result<(), SinkError> {
-        let topic = self.topic(record.namespace);
+        let mut topic = std::mem::take(&mut self.topic_buf);
+        self.select_topic(record.namespace, &mut topic);
         let headers = OwnedHeaders::new_with_capacity(4)
             .insert(Header { key: header::ID, value: Some(record.id) })
             .insert(Header { key: header::TS, value: Some(record.timestamp) })
@@ -455,6 +481,7 @@ impl Sink for KafkaSink {
                 Ok(value) => {
                     self.shared.metrics.truncated.inc();
                     self.produce(&topic, record.key.as_bytes(), &value, headers, token, 0);
+                    self.topic_buf = topic;
                     return Ok(());
                 }
                 Err(e) => {
@@ -463,6 +490,7 @@ impl Sink for KafkaSink {
             }
         }
         self.produce(&topic, record.key.as_bytes(), record.value, headers, token, 0);
+        self.topic_buf = topic;
         Ok(())
     }
 
