@@ -237,6 +237,8 @@ pub struct Pipeline<S: Sink> {
     dirty: Arc<Dirty>,
     watcher: Option<notify::RecommendedWatcher>,
     scan_no: u64,
+    /// The previous [`Pipeline::tick`] (the deleted-file grace does not run while reading is blocked).
+    tick_at: Option<Instant>,
 }
 
 /// Totals of one run.
@@ -285,6 +287,7 @@ impl<S: Sink> Pipeline<S> {
             dirty: Arc::default(),
             watcher: None,
             scan_no: 0,
+            tick_at: None,
         })
     }
 
@@ -589,10 +592,17 @@ impl<S: Sink> Pipeline<S> {
 
     fn tick(&mut self, now: Instant) {
         let grace = self.core.cfg.tail.deleted_file_grace;
+        // Reading blocked by back-pressure is not the reader's delay: the grace clock stops.
+        let blocked = self.core.inflight_bytes >= self.core.inflight_limit;
+        let paused = self.tick_at.filter(|_| blocked).map(|t| now.saturating_duration_since(t));
+        self.tick_at = Some(now);
         for src in self.sources.values_mut() {
             let Some(r) = src.reader.as_mut() else { continue };
             self.core.flush_expired(&src.meta, r, now);
-            if r.unlinked_at.is_some_and(|t| now.duration_since(t) >= grace) {
+            if let (Some(d), Some(t)) = (paused, r.unlinked_at.as_mut()) {
+                *t += d;
+            }
+            if r.unlinked_at.is_some_and(|t| now.duration_since(t) >= grace) && !self.core.relocate(src) {
                 self.core.give_up(src, "deleted_grace");
             }
         }
@@ -658,7 +668,14 @@ impl<S: Sink> Pipeline<S> {
                 break;
             }
             if src.reader.as_ref().is_some_and(|r| r.unlinked_at.is_some() && r.handle.is_some()) {
-                self.core.give_up(src, "max_open_files");
+                if self.core.find_elsewhere(src).is_some() {
+                    // Its generation lives on under another name (gzipped): reopened from there later,
+                    // at the same offset, instead of being given up.
+                    src.reader.as_mut().expect("reader").handle = None;
+                    self.core.open_files -= 1;
+                } else {
+                    self.core.give_up(src, "max_open_files");
+                }
                 freed = true;
             }
         }
@@ -987,19 +1004,76 @@ impl<S: Sink> Core<S> {
         }
     }
 
-    /// Reopens a reader whose handle was closed to respect `max_open_files`.
+    /// The reader's generation under another file name than the one it reads (its `.gz` after the
+    /// kubelet compressed it, or a rename), found by identity.
+    fn find_elsewhere(&mut self, src: &Source) -> Option<GenFile> {
+        let r = src.reader.as_ref()?;
+        let want = self.gens.get(&r.gen_key?)?.id;
+        let gens = discover::generations_of(Path::new(&src.meta.path)).ok()?;
+        gens.into_iter().find(|g| {
+            (g.dev, g.ino) != (r.dev, r.ino) && self.ids.identify(&src.meta.source, g).ok().flatten() == Some(want)
+        })
+    }
+
+    /// Moves a reader whose file was unlinked to the same generation's other file (its `.gz`),
+    /// continuing at the same uncompressed offset. `false` when there is none.
+    fn relocate(&mut self, src: &mut Source) -> bool {
+        let Some(g) = self.find_elsewhere(src) else { return false };
+        let Ok(h) = Handle::open_exact(&g) else { return false };
+        let r = src.reader.as_mut().expect("reader");
+        tracing::info!(from = %r.path.display(), to = %g.path.display(), offset = r.pos,
+            "generation deleted under its old name; reading on from its new file");
+        if r.handle.replace(h).is_none() {
+            self.open_files += 1;
+        }
+        r.rotated_at.get_or_insert_with(Instant::now);
+        r.unlinked_at = None;
+        (r.path, r.kind, r.dev, r.ino) = (g.path, g.kind, g.dev, g.ino);
+        true
+    }
+
+    /// Reopens a reader whose handle was closed to respect `max_open_files`: the file of its
+    /// generation by identity (an inode alone can have been reused by a newer generation), wherever
+    /// it is now (renamed, gzipped).
     fn reopen(&mut self, src: &mut Source) -> Result<(), Poll> {
         if self.open_files >= self.cfg.tail.max_open_files {
             return Err(Poll::NeedHandle);
         }
-        let r = src.reader.as_mut().expect("reader");
-        let gens = discover::generations_of(Path::new(&src.meta.path)).unwrap_or_default();
+        let live = PathBuf::from(&src.meta.path);
+        let r = src.reader.as_ref().expect("reader");
+        let gens = discover::generations_of(&live).unwrap_or_default();
         let want = r.gen_key.and_then(|k| self.gens.get(&k)).map(|g| g.id);
-        let found = gens.iter().find(|g| (g.dev, g.ino) == (r.dev, r.ino)).cloned().or_else(|| {
-            let want = want?;
-            gens.iter().find(|g| self.ids.identify(&src.meta.source, g).ok().flatten() == Some(want)).cloned()
-        });
+        let (dev, ino) = (r.dev, r.ino);
+        let mut found = None;
+        for g in &gens {
+            if (g.dev, g.ino) == (dev, ino) {
+                match (want, self.ids.identify(&src.meta.source, g)) {
+                    (None, _) => found = Some(g.clone()),
+                    (Some(w), Ok(Some(id))) if id == w => found = Some(g.clone()),
+                    (Some(_), Err(e)) if e.kind() == io::ErrorKind::NotFound => return Err(Poll::Idle),
+                    _ => {}
+                }
+            }
+        }
+        if found.is_none()
+            && let Some(w) = want
+        {
+            for g in &gens {
+                match self.ids.identify(&src.meta.source, g) {
+                    Ok(Some(id)) if id == w => {
+                        found = Some(g.clone());
+                        break;
+                    }
+                    // Renamed or compressed since the listing: list again at the next poll.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Poll::Idle),
+                    _ => {}
+                }
+            }
+        }
         let Some(g) = found else {
+            if discover::compression_in_progress(&live) {
+                return Err(Poll::Idle); // reappears as `.gz`
+            }
             self.give_up(src, "vanished");
             return Err(Poll::Idle);
         };
@@ -1010,6 +1084,7 @@ impl<S: Sink> Core<S> {
                     r.rotated_at.get_or_insert_with(Instant::now);
                 }
                 r.handle = Some(h);
+                r.unlinked_at = None;
                 r.path = g.path;
                 r.kind = g.kind;
                 r.dev = g.dev;
@@ -1017,6 +1092,8 @@ impl<S: Sink> Core<S> {
                 self.open_files += 1;
                 Ok(())
             }
+            // Renamed between listing and opening: not vanished, list again at the next poll.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Poll::Idle),
             Err(_) => {
                 self.give_up(src, "vanished");
                 Err(Poll::Idle)

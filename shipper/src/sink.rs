@@ -188,6 +188,9 @@ pub enum AckMode {
 pub struct CollectSink {
     /// Records received, shared with the test.
     pub received: Arc<Mutex<Vec<Collected>>>,
+    /// While `true`, nothing is acknowledged (a downstream that holds deliveries, like a frozen
+    /// broker); acks held meanwhile are released by the [`AckMode`] once it is `false` again.
+    pub hold: Arc<std::sync::atomic::AtomicBool>,
     mode: AckMode,
     held: Vec<AckToken>,
     acker: Acker,
@@ -197,7 +200,14 @@ pub struct CollectSink {
 impl CollectSink {
     /// A collecting sink.
     pub fn new(acker: Acker, mode: AckMode) -> Self {
-        CollectSink { received: Arc::default(), mode, held: Vec::new(), acker, rng: 0x9E37_79B9_7F4A_7C15 }
+        CollectSink {
+            received: Arc::default(),
+            hold: Arc::default(),
+            mode,
+            held: Vec::new(),
+            acker,
+            rng: 0x9E37_79B9_7F4A_7C15,
+        }
     }
 
     fn next(&mut self) -> u64 {
@@ -227,6 +237,7 @@ impl Sink for CollectSink {
         self.held.push(token);
         if let AckMode::Shuffled(n) = self.mode
             && self.held.len() > n
+            && !self.hold.load(std::sync::atomic::Ordering::SeqCst)
         {
             self.release_shuffled(n / 2);
         }
@@ -234,6 +245,9 @@ impl Sink for CollectSink {
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
+        if self.hold.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
         match self.mode {
             AckMode::InOrder => self.acker.ack_all(std::mem::take(&mut self.held)),
             AckMode::Shuffled(_) => self.release_shuffled(0),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use sluice_shipper::sink::{AckMode, Collected};
+use sluice_shipper::testkit::KubeletWriter;
 
 fn ts_of(c: &Collected) -> String {
     let v: serde_json::Value = serde_json::from_slice(&c.value).unwrap();
@@ -134,4 +135,171 @@ fn directory_named_like_a_generation_is_not_a_generation() {
     let (records, _) = run.stop();
     let expected = std::collections::BTreeMap::from([("dgz".to_owned(), 20)]);
     assert_eq!(verify(&records.iter().map(decode).collect::<Vec<_>>(), &expected), 0);
+}
+
+/// Starts the pipeline with a [`CollectSink`] whose acknowledgements are held until released.
+fn start_held(
+    cfg: &sluice_shipper::config::ShipperConfig,
+    mode: AckMode,
+) -> (Running, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let (acker, events) = sluice_shipper::pipeline::channel();
+    let sink = sluice_shipper::sink::CollectSink::new(acker, mode);
+    sink.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    let hold = sink.hold.clone();
+    let received = sink.received.clone();
+    let metrics = sluice_shipper::metrics::Metrics::default();
+    let p = sluice_shipper::pipeline::Pipeline::new(cfg, sink, events, metrics.clone()).unwrap();
+    let stopper = p.stopper();
+    let handle = std::thread::spawn(move || p.run().unwrap());
+    (Running { handle, stopper, received, metrics }, hold)
+}
+
+fn long_lines(tag: &str, from: u64, to: u64) -> String {
+    (from..to)
+        .map(|seq| format!("2027-01-01T00:00:00.{seq:09}Z stdout F {}\n", KubeletWriter::content(tag, seq, 200)))
+        .collect()
+}
+
+/// The kubelet's compression of a rotated file: `.gz.tmp`, renamed to `.gz`, then the plain file unlinked.
+fn kubelet_gzip(plain: &std::path::Path) {
+    let gz = std::path::PathBuf::from(format!("{}.gz", plain.display()));
+    let tmp = std::path::PathBuf::from(format!("{}.gz.tmp", plain.display()));
+    fs::write(&tmp, gzip(&fs::read(plain).unwrap())).unwrap();
+    fs::rename(&tmp, &gz).unwrap();
+    fs::remove_file(plain).unwrap();
+}
+
+fn expect_all(records: &[Collected], tag: &str, n: u64) {
+    let expected = std::collections::BTreeMap::from([(tag.to_owned(), n)]);
+    let recs: Vec<Rec> = records.iter().map(decode).filter(|r| r.message.starts_with(tag)).collect();
+    verify(&recs, &expected);
+}
+
+/// Scenario 1: downstream holds acknowledgements longer than `tail.deleted_file_grace` while the
+/// reader sits in a lagging rotated generation, which the kubelet gzips (plain file unlinked). The
+/// grace clock does not run while reading is blocked by back-pressure, and the rest of the
+/// generation is read (from the open handle or from its `.gz`, same identity and offsets).
+#[test]
+fn lagging_generation_gzipped_while_blocked_is_read_to_the_end() {
+    let env = Env::new();
+    let dir = env.root.join("ns_lag_uid-lag/app");
+    fs::create_dir_all(&dir).unwrap();
+    let rotated = dir.join("0.log.20270101-000001");
+    fs::write(&rotated, long_lines("lag", 0, 3000)).unwrap();
+    fs::write(dir.join("0.log"), long_lines("lag", 3000, 3010)).unwrap();
+    let mut cfg = env.config();
+    cfg.tail.deleted_file_grace = Duration::from_millis(500);
+    cfg.limits.inflight_bytes = sluice_shipper::config::ByteSize::kib(64);
+    let (run, hold) = start_held(&cfg, AckMode::InOrder);
+    run.wait_for(50, 10);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(run.count() < 1000, "blocked by back-pressure: {}", run.count());
+    kubelet_gzip(&rotated);
+    std::thread::sleep(Duration::from_millis(2000)); // several scans and ticks past the grace
+    hold.store(false, std::sync::atomic::Ordering::SeqCst);
+    run.wait_for(3010, 30);
+    std::thread::sleep(Duration::from_millis(300));
+    let (records, metrics) = run.stop();
+    expect_all(&records, "lag", 3010);
+    assert_eq!(given_up(&metrics, "deleted_grace"), 0);
+}
+
+/// Scenario 1, eviction: with `tail.max_open_files` reached, a reader whose rotated generation was
+/// gzipped (plain file unlinked) is not given up for another file's sake: its handle is closed and it
+/// continues later from the `.gz` of the same generation at the same uncompressed offset.
+#[test]
+fn lagging_generation_gzipped_is_not_given_up_for_max_open_files() {
+    let env = Env::new();
+    let a = env.root.join("ns_z_uid-z/app"); // sorts after `b`, so `b` asks for a handle first
+    fs::create_dir_all(&a).unwrap();
+    let rotated = a.join("0.log.20270101-000001");
+    fs::write(&rotated, long_lines("zz", 0, 12_000)).unwrap(); // ~2.9 MB, more than a turn
+    let mut cfg = env.config();
+    cfg.tail.max_open_files = 1;
+    cfg.tail.deleted_file_grace = Duration::from_secs(60);
+    cfg.limits.inflight_bytes = sluice_shipper::config::ByteSize::mib(1);
+    let (run, hold) = start_held(&cfg, AckMode::InOrder);
+    run.wait_for(100, 10);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(run.count() < 6000, "blocked by back-pressure: {}", run.count());
+    kubelet_gzip(&rotated);
+    let b = env.root.join("ns_a_uid-a/app");
+    fs::create_dir_all(&b).unwrap();
+    fs::write(b.join("0.log"), long_lines("aa", 0, 10)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    hold.store(false, std::sync::atomic::Ordering::SeqCst);
+    run.wait_for(12_010, 60);
+    std::thread::sleep(Duration::from_millis(300));
+    let (records, metrics) = run.stop();
+    expect_all(&records, "zz", 12_000);
+    expect_all(&records, "aa", 10);
+    assert_eq!(given_up(&metrics, "max_open_files"), 0);
+}
+
+/// Scenario 3: a live file closed for `tail.max_open_files` is rotated and gzipped meanwhile, and the
+/// new `0.log` reuses its inode. Reopening checks identity, not the inode: the rest of the old
+/// generation is read from its `.gz` under its own id, the new file from 0 under a new one.
+#[test]
+fn reopen_after_eviction_checks_identity_not_the_inode() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    // Polled before `b` in each round, so `b` ends up with the handle and this file stays closed.
+    let a = env.root.join("ns_y_uid-y/app");
+    fs::create_dir_all(&a).unwrap();
+    let live = a.join("0.log");
+    fs::write(&live, long_lines("zz", 0, 100)).unwrap();
+    let ino = fs::metadata(&live).unwrap().ino();
+    let mut cfg = env.config();
+    cfg.tail.max_open_files = 1;
+    let run = start(&cfg, AckMode::InOrder);
+    run.wait_for(100, 10);
+    std::thread::sleep(Duration::from_millis(300));
+    // Another file needs the only handle: the idle live file is closed (reopened later).
+    let b = env.root.join("ns_z_uid-z/app");
+    fs::create_dir_all(&b).unwrap();
+    fs::write(b.join("0.log"), long_lines("aa", 0, 10)).unwrap();
+    run.wait_for(110, 10);
+    std::thread::sleep(Duration::from_millis(500));
+    // While closed: more lines, rotation, compression; the new live file reuses the inode.
+    append(&live, &long_lines("zz", 100, 150));
+    let rotated = a.join("0.log.20270101-000001");
+    fs::rename(&live, &rotated).unwrap();
+    kubelet_gzip(&rotated);
+    create_with_inode(&live, &long_lines("zz", 150, 400), ino);
+    assert_eq!(fs::metadata(&live).unwrap().ino(), ino, "precondition: the filesystem reused the inode");
+    run.wait_for(410, 20);
+    std::thread::sleep(Duration::from_millis(500));
+    let (records, _) = run.stop();
+    expect_all(&records, "zz", 400);
+    expect_all(&records, "aa", 10);
+    let recs: Vec<Rec> = records.iter().map(decode).filter(|r| r.message.starts_with("zz")).collect();
+    let generation = |r: &Rec| r.id[..32].to_owned();
+    let old = generation(&recs[0]);
+    for r in &recs {
+        let seq = seq_of(&r.message).1;
+        assert_eq!(generation(r) == old, seq < 150, "zz {seq} in the wrong generation: {}", r.id);
+    }
+    assert_eq!(recs.iter().find(|r| seq_of(&r.message).1 == 150).unwrap().offset, 0);
+}
+
+/// Creates `path` with `content` on the inode `ino` when the filesystem hands it out again (ext4
+/// gives the lowest free inode of the group: keep taking inodes until it is the one).
+fn create_with_inode(path: &std::path::Path, content: &str, ino: u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut spare = Vec::new();
+    for k in 0..512 {
+        let tmp = path.with_file_name(format!("new-{k}.tmp"));
+        fs::write(&tmp, content).unwrap();
+        if fs::metadata(&tmp).unwrap().ino() == ino {
+            fs::rename(&tmp, path).unwrap();
+            break;
+        }
+        spare.push(tmp);
+    }
+    for t in spare {
+        fs::remove_file(t).unwrap();
+    }
+    if !path.exists() {
+        fs::write(path, content).unwrap();
+    }
 }
