@@ -66,6 +66,8 @@ pub mod tag {
     pub const INVALID_UTF8: &str = "invalid_utf8";
     /// Several physical lines were joined by a multiline rule.
     pub const MULTILINE: &str = "multiline";
+    /// A summary record: lines of this file were dropped by `rate_limit` (action `drop`).
+    pub const RATE_LIMITED: &str = "rate_limited";
 }
 
 /// Output stream of a container log line.

@@ -47,6 +47,8 @@ pub struct ShipperConfig {
     pub kubernetes: KubernetesConfig,
     /// `filter.*`: which pods and containers are shipped.
     pub filter: FilterConfig,
+    /// `rate_limit.*`: per-namespace lines/s and bytes/s limits at the source.
+    pub rate_limit: RateLimitConfig,
     /// `metrics.*`.
     pub metrics: MetricsConfig,
 }
@@ -65,6 +67,7 @@ impl Default for ShipperConfig {
             kafka: KafkaConfig::default(),
             kubernetes: KubernetesConfig::default(),
             filter: FilterConfig::default(),
+            rate_limit: RateLimitConfig::default(),
             metrics: MetricsConfig::on_port(9464),
         }
     }
@@ -94,6 +97,7 @@ impl Validate for ShipperConfig {
         }
         p.section("kubernetes", &self.kubernetes);
         p.section("filter", &self.filter);
+        p.section("rate_limit", &self.rate_limit);
         p.section("metrics", &self.metrics);
         if self.limits.pending_bytes.0 < self.parse.max_line_bytes.0 {
             p.push("limits.pending_bytes", "must be at least parse.max_line_bytes");
@@ -421,6 +425,7 @@ impl Validate for CheckpointConfig {
 }
 
 pub use crate::enrich::{FilterConfig, KubernetesConfig};
+pub use crate::limit::RateLimitConfig;
 pub use crate::publish::KafkaConfig;
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ pub mod config;
 pub mod discover;
 pub mod enrich;
 pub mod inspect;
+pub mod limit;
 pub mod lines;
 pub mod metrics;
 pub mod multiline;

@@ -78,6 +78,26 @@ pub struct Metrics {
     pub lag_bytes: Gauge,
     /// Generations in the checkpoint.
     pub checkpoint_entries: Gauge,
+    /// Records dropped by `rate_limit` (action `drop`), by namespace.
+    pub rate_limited_records: Family<Namespace, Counter>,
+    /// Message bytes dropped by `rate_limit`, by namespace.
+    pub rate_limited_bytes: Family<Namespace, Counter>,
+    /// Times a namespace's file was not read because its rate limit (action `delay`) was reached.
+    pub rate_limit_delays: Family<Namespace, Counter>,
+}
+
+/// A `namespace` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Namespace {
+    /// Kubernetes namespace (`""` outside the kubelet layout).
+    pub namespace: String,
+}
+
+impl Namespace {
+    /// The label of `namespace`.
+    pub fn of(namespace: &str) -> Self {
+        Namespace { namespace: namespace.to_owned() }
+    }
 }
 
 impl Metrics {
@@ -127,6 +147,13 @@ impl Metrics {
         r.register("shipper_pending_bytes", "Bytes of partial and multiline records pending", m.pending_bytes.clone());
         r.register("shipper_lag_bytes", "Bytes not yet read in open files", m.lag_bytes.clone());
         r.register("shipper_checkpoint_entries", "Generations in the checkpoint", m.checkpoint_entries.clone());
+        r.register("shipper_rate_limited_records", "Records dropped by rate_limit, by namespace", m.rate_limited_records.clone());
+        r.register("shipper_rate_limited_bytes", "Message bytes dropped by rate_limit, by namespace", m.rate_limited_bytes.clone());
+        r.register(
+            "shipper_rate_limit_delays",
+            "File reads postponed by a namespace's rate limit (delay), by namespace",
+            m.rate_limit_delays.clone(),
+        );
         m
     }
 

@@ -27,6 +27,8 @@ use crate::checkpoint::{CheckpointError, Entry, Store, Tracker};
 use crate::config::ShipperConfig;
 use crate::discover::{self, DiscoverError, Discovery, GenFile, GenKind};
 use crate::enrich::{EnrichMetrics, Filter, PodStore, Resolution};
+use crate::limit::{Decision, RateLimiter};
+use crate::metrics::Namespace;
 use crate::lines::{Budgets, LineProcessor, Output};
 use crate::metrics::Metrics;
 use crate::multiline::{MultilineError, Rules};
@@ -205,6 +207,8 @@ struct Core<S: Sink> {
     metrics: Metrics,
     enrich: Option<Enrichment>,
     enrich_metrics: EnrichMetrics,
+    limiter: Option<RateLimiter>,
+    drops: HashMap<u64, Dropped>,
     rules: Rules,
     gens: HashMap<u64, GenState>,
     by_id: HashMap<GenerationId, u64>,
@@ -261,6 +265,8 @@ impl<S: Sink> Pipeline<S> {
             metrics,
             enrich: None,
             enrich_metrics: EnrichMetrics::default(),
+            limiter: cfg.rate_limit.enabled().then(|| RateLimiter::new(&cfg.rate_limit)),
+            drops: HashMap::new(),
             gens: HashMap::new(),
             by_id: HashMap::new(),
             loaded: HashMap::new(),
@@ -739,6 +745,51 @@ struct Emit<'a, S: Sink> {
     error: &'a mut Option<SinkError>,
     enrich_metrics: &'a EnrichMetrics,
     dirty: &'a mut bool,
+    limiter: Option<&'a mut RateLimiter>,
+    drops: &'a mut HashMap<u64, Dropped>,
+    /// The file's namespace reached its `delay` rate limit: stop reading this file for now.
+    limited: bool,
+}
+
+/// Lines of one generation dropped by the rate limit since its last admitted record.
+#[derive(Debug, Clone, Copy, Default)]
+struct Dropped {
+    lines: u64,
+    bytes: u64,
+}
+
+impl<S: Sink> Emit<'_, S> {
+    /// Sends the `rate_limited` record saying how many lines of this file were dropped before `next`
+    /// (its id is the next record's with a `-rate-limited` suffix, so it never takes a line's id).
+    fn summarise_drops(&mut self, next: &Message<'_>, d: Dropped) {
+        let text = format!(
+            "sluice: rate limit of namespace {:?} dropped {} line(s), {} byte(s), of this file before this point",
+            self.meta.namespace(),
+            d.lines,
+            d.bytes
+        );
+        let msg = Message {
+            start: next.start,
+            end: next.start,
+            timestamp: next.timestamp.clone(),
+            stream: next.stream,
+            content: std::borrow::Cow::Owned(text.into_bytes()),
+            tags: Tags::RATE_LIMITED,
+            flushed: None,
+        };
+        let rec = self.builder.build(self.meta, self.generation.id, &msg);
+        let id = format!("{}-rate-limited", rec.id);
+        let rec = crate::record::Record { id: &id, ..rec };
+        let bytes = rec.value.len() + rec.id.len() + 64;
+        let seq = self.generation.tracker.submit(msg.start, msg.end, bytes);
+        *self.inflight += bytes;
+        self.metrics.records.inc();
+        if let Err(e) = self.sink.submit(&rec, AckToken { generation: self.gen_key, seq })
+            && self.error.is_none()
+        {
+            *self.error = Some(e);
+        }
+    }
 }
 
 impl<S: Sink> Output for Emit<'_, S> {
@@ -756,6 +807,27 @@ impl<S: Sink> Output for Emit<'_, S> {
             self.enrich_metrics.count_filtered_records(reason, 1);
             *self.dirty = true;
             return;
+        }
+        if let Some(limiter) = self.limiter.as_deref_mut() {
+            let ns = self.meta.namespace();
+            if limiter.record(ns, m.content.len(), Instant::now()) == Decision::Drop {
+                // Dropped by policy: acknowledged at once, counted, summarised before the next record.
+                let seq = self.generation.tracker.submit(m.start, m.end, 0);
+                self.generation.tracker.ack(seq);
+                self.metrics.rate_limited_records.get_or_create(&Namespace::of(ns)).inc();
+                self.metrics.rate_limited_bytes.get_or_create(&Namespace::of(ns)).inc_by(m.content.len() as u64);
+                let d = self.drops.entry(self.gen_key).or_default();
+                d.lines += 1;
+                d.bytes += m.content.len() as u64;
+                *self.dirty = true;
+                return;
+            }
+            if !limiter.may_read(ns, Instant::now()) {
+                self.limited = true;
+            }
+            if let Some(d) = self.drops.remove(&self.gen_key) {
+                self.summarise_drops(&m, d);
+            }
         }
         if m.start < self.generation.resent_below {
             self.metrics.resent.inc();
@@ -791,7 +863,7 @@ impl<S: Sink> Output for Emit<'_, S> {
     }
 
     fn full(&self) -> bool {
-        *self.inflight >= self.limit || self.error.is_some()
+        *self.inflight >= self.limit || self.error.is_some() || self.limited
     }
 }
 
@@ -1117,11 +1189,15 @@ impl<S: Sink> Core<S> {
                 src.meta.path_only = None;
             }
             Resolution::Wait => {
-                // The filter's path rules apply at once (an excluded namespace never waits).
-                return e.filter.check_path(&path.namespace, &path.pod, &path.uid).is_some_and(|r| {
-                    src.meta.excluded = Some(r);
-                    true
-                });
+                // The filter's path rules apply at once (an excluded namespace never waits); the file
+                // is counted and logged here, as the final resolution will find the same decision.
+                let Some(reason) = e.filter.check_path(&path.namespace, &path.pod, &path.uid) else { return false };
+                if src.meta.excluded != Some(reason) {
+                    e.metrics.count_filtered_file(reason);
+                    tracing::info!(path = %src.meta.path, reason = reason.as_str(), "file excluded from shipping");
+                    src.meta.excluded = Some(reason);
+                }
+                return true;
             }
             Resolution::PathOnly(miss) => {
                 if src.meta.pod_info.is_none() {
@@ -1148,6 +1224,13 @@ impl<S: Sink> Core<S> {
     fn poll_source(&mut self, src: &mut Source) -> Poll {
         let mut progress = false;
         if !self.resolve_pod(src) {
+            return Poll::Idle;
+        }
+        if let Some(limiter) = &mut self.limiter
+            && src.meta.excluded.is_none()
+            && !limiter.may_read(src.meta.namespace(), Instant::now())
+        {
+            self.metrics.rate_limit_delays.get_or_create(&Namespace::of(src.meta.namespace())).inc();
             return Poll::Idle;
         }
         for _ in 0..16 {
@@ -1259,6 +1342,8 @@ impl<S: Sink> Core<S> {
             error,
             enrich_metrics,
             dirty_checkpoint,
+            limiter,
+            drops,
             ..
         } = self;
         let generation = gens.get_mut(&key).expect("generation state");
@@ -1275,11 +1360,17 @@ impl<S: Sink> Core<S> {
             error,
             enrich_metrics,
             dirty: dirty_checkpoint,
+            limiter: limiter.as_mut(),
+            drops,
+            limited: false,
         };
         let handle = r.handle.as_mut().expect("open handle");
         let mut turn = 0u64;
         let now = Instant::now();
         loop {
+            if out.limited {
+                return Poll::Idle;
+            }
             if out.full() {
                 return Poll::Blocked;
             }
@@ -1304,6 +1395,11 @@ impl<S: Sink> Core<S> {
             turn += used as u64;
             if used == 0 {
                 return Poll::Idle; // an incomplete last line: wait for the rest
+            }
+            if out.limited {
+                // This namespace's rate limit (delay): other files keep flowing.
+                out.metrics.rate_limit_delays.get_or_create(&Namespace::of(meta.namespace())).inc();
+                return Poll::Idle;
             }
             if out.full() {
                 return Poll::Blocked;
@@ -1381,6 +1477,8 @@ impl<S: Sink> Core<S> {
             error,
             enrich_metrics,
             dirty_checkpoint,
+            limiter,
+            drops,
             ..
         } = self;
         let generation = gens.get_mut(&key).expect("generation state");
@@ -1397,6 +1495,9 @@ impl<S: Sink> Core<S> {
             error,
             enrich_metrics,
             dirty: dirty_checkpoint,
+            limiter: limiter.as_mut(),
+            drops,
+            limited: false,
         };
         if read_tail && let Some(h) = r.handle.as_mut() {
             // An unterminated last line (bounded by the buffer; the rest of a longer one is dropped).
@@ -1476,7 +1577,7 @@ impl<S: Sink> Core<S> {
     fn flush_expired(&mut self, meta: &FileMeta, r: &mut Reader, now: Instant) {
         let Some(key) = r.gen_key else { return };
         let Core {
-            sink, metrics, gens, builder, budgets, inflight_bytes, error, enrich_metrics, dirty_checkpoint, ..
+            sink, metrics, gens, builder, budgets, inflight_bytes, error, enrich_metrics, dirty_checkpoint, limiter, drops, ..
         } = self;
         let generation = gens.get_mut(&key).expect("generation state");
         let mut out = Emit {
@@ -1492,6 +1593,9 @@ impl<S: Sink> Core<S> {
             error,
             enrich_metrics,
             dirty: dirty_checkpoint,
+            limiter: limiter.as_mut(),
+            drops,
+            limited: false,
         };
         r.lines.flush_expired(now, budgets, &mut out);
         let resume = r.lines.resume_point(r.pos);

@@ -30,6 +30,8 @@ impl Tags {
     pub const INVALID_UTF8: Tags = Tags(8);
     /// `multiline`.
     pub const MULTILINE: Tags = Tags(16);
+    /// `rate_limited`.
+    pub const RATE_LIMITED: Tags = Tags(32);
 
     /// Whether every bit of `other` is set.
     pub fn contains(self, other: Tags) -> bool {
@@ -47,6 +49,7 @@ impl Tags {
             (Tags::PARTIAL_FLUSHED, tag::PARTIAL_FLUSHED),
             (Tags::INVALID_UTF8, tag::INVALID_UTF8),
             (Tags::MULTILINE, tag::MULTILINE),
+            (Tags::RATE_LIMITED, tag::RATE_LIMITED),
         ]
         .into_iter()
         .filter(move |(t, _)| self.contains(*t))
