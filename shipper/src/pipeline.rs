@@ -27,6 +27,8 @@ use crate::checkpoint::{CheckpointError, Entry, Store, Tracker};
 use crate::config::ShipperConfig;
 use crate::discover::{self, DiscoverError, Discovery, GenFile, GenKind};
 use crate::enrich::{EnrichMetrics, Filter, PodStore, Resolution};
+use crate::limit::{Decision, RateLimiter};
+use crate::metrics::Namespace;
 use crate::lines::{Budgets, LineProcessor, Output};
 use crate::metrics::Metrics;
 use crate::multiline::{MultilineError, Rules};
@@ -205,6 +207,8 @@ struct Core<S: Sink> {
     metrics: Metrics,
     enrich: Option<Enrichment>,
     enrich_metrics: EnrichMetrics,
+    limiter: Option<RateLimiter>,
+    drops: HashMap<u64, Dropped>,
     rules: Rules,
     gens: HashMap<u64, GenState>,
     by_id: HashMap<GenerationId, u64>,
@@ -237,6 +241,8 @@ pub struct Pipeline<S: Sink> {
     dirty: Arc<Dirty>,
     watcher: Option<notify::RecommendedWatcher>,
     scan_no: u64,
+    /// The previous [`Pipeline::tick`] (the deleted-file grace does not run while reading is blocked).
+    tick_at: Option<Instant>,
 }
 
 /// Totals of one run.
@@ -259,6 +265,8 @@ impl<S: Sink> Pipeline<S> {
             metrics,
             enrich: None,
             enrich_metrics: EnrichMetrics::default(),
+            limiter: cfg.rate_limit.enabled().then(|| RateLimiter::new(&cfg.rate_limit)),
+            drops: HashMap::new(),
             gens: HashMap::new(),
             by_id: HashMap::new(),
             loaded: HashMap::new(),
@@ -285,6 +293,7 @@ impl<S: Sink> Pipeline<S> {
             dirty: Arc::default(),
             watcher: None,
             scan_no: 0,
+            tick_at: None,
         })
     }
 
@@ -589,10 +598,17 @@ impl<S: Sink> Pipeline<S> {
 
     fn tick(&mut self, now: Instant) {
         let grace = self.core.cfg.tail.deleted_file_grace;
+        // Reading blocked by back-pressure is not the reader's delay: the grace clock stops.
+        let blocked = self.core.inflight_bytes >= self.core.inflight_limit;
+        let paused = self.tick_at.filter(|_| blocked).map(|t| now.saturating_duration_since(t));
+        self.tick_at = Some(now);
         for src in self.sources.values_mut() {
             let Some(r) = src.reader.as_mut() else { continue };
             self.core.flush_expired(&src.meta, r, now);
-            if r.unlinked_at.is_some_and(|t| now.duration_since(t) >= grace) {
+            if let (Some(d), Some(t)) = (paused, r.unlinked_at.as_mut()) {
+                *t += d;
+            }
+            if r.unlinked_at.is_some_and(|t| now.duration_since(t) >= grace) && !self.core.relocate(src) {
                 self.core.give_up(src, "deleted_grace");
             }
         }
@@ -658,7 +674,14 @@ impl<S: Sink> Pipeline<S> {
                 break;
             }
             if src.reader.as_ref().is_some_and(|r| r.unlinked_at.is_some() && r.handle.is_some()) {
-                self.core.give_up(src, "max_open_files");
+                if self.core.find_elsewhere(src).is_some() {
+                    // Its generation lives on under another name (gzipped): reopened from there later,
+                    // at the same offset, instead of being given up.
+                    src.reader.as_mut().expect("reader").handle = None;
+                    self.core.open_files -= 1;
+                } else {
+                    self.core.give_up(src, "max_open_files");
+                }
                 freed = true;
             }
         }
@@ -722,6 +745,51 @@ struct Emit<'a, S: Sink> {
     error: &'a mut Option<SinkError>,
     enrich_metrics: &'a EnrichMetrics,
     dirty: &'a mut bool,
+    limiter: Option<&'a mut RateLimiter>,
+    drops: &'a mut HashMap<u64, Dropped>,
+    /// The file's namespace reached its `delay` rate limit: stop reading this file for now.
+    limited: bool,
+}
+
+/// Lines of one generation dropped by the rate limit since its last admitted record.
+#[derive(Debug, Clone, Copy, Default)]
+struct Dropped {
+    lines: u64,
+    bytes: u64,
+}
+
+impl<S: Sink> Emit<'_, S> {
+    /// Sends the `rate_limited` record saying how many lines of this file were dropped before `next`
+    /// (its id is the next record's with a `-rate-limited` suffix, so it never takes a line's id).
+    fn summarise_drops(&mut self, next: &Message<'_>, d: Dropped) {
+        let text = format!(
+            "sluice: rate limit of namespace {:?} dropped {} line(s), {} byte(s), of this file before this point",
+            self.meta.namespace(),
+            d.lines,
+            d.bytes
+        );
+        let msg = Message {
+            start: next.start,
+            end: next.start,
+            timestamp: next.timestamp.clone(),
+            stream: next.stream,
+            content: std::borrow::Cow::Owned(text.into_bytes()),
+            tags: Tags::RATE_LIMITED,
+            flushed: None,
+        };
+        let rec = self.builder.build(self.meta, self.generation.id, &msg);
+        let id = format!("{}-rate-limited", rec.id);
+        let rec = crate::record::Record { id: &id, ..rec };
+        let bytes = rec.value.len() + rec.id.len() + 64;
+        let seq = self.generation.tracker.submit(msg.start, msg.end, bytes);
+        *self.inflight += bytes;
+        self.metrics.records.inc();
+        if let Err(e) = self.sink.submit(&rec, AckToken { generation: self.gen_key, seq })
+            && self.error.is_none()
+        {
+            *self.error = Some(e);
+        }
+    }
 }
 
 impl<S: Sink> Output for Emit<'_, S> {
@@ -739,6 +807,27 @@ impl<S: Sink> Output for Emit<'_, S> {
             self.enrich_metrics.count_filtered_records(reason, 1);
             *self.dirty = true;
             return;
+        }
+        if let Some(limiter) = self.limiter.as_deref_mut() {
+            let ns = self.meta.namespace();
+            if limiter.record(ns, m.content.len(), Instant::now()) == Decision::Drop {
+                // Dropped by policy: acknowledged at once, counted, summarised before the next record.
+                let seq = self.generation.tracker.submit(m.start, m.end, 0);
+                self.generation.tracker.ack(seq);
+                self.metrics.rate_limited_records.get_or_create(&Namespace::of(ns)).inc();
+                self.metrics.rate_limited_bytes.get_or_create(&Namespace::of(ns)).inc_by(m.content.len() as u64);
+                let d = self.drops.entry(self.gen_key).or_default();
+                d.lines += 1;
+                d.bytes += m.content.len() as u64;
+                *self.dirty = true;
+                return;
+            }
+            if !limiter.may_read(ns, Instant::now()) {
+                self.limited = true;
+            }
+            if let Some(d) = self.drops.remove(&self.gen_key) {
+                self.summarise_drops(&m, d);
+            }
         }
         if m.start < self.generation.resent_below {
             self.metrics.resent.inc();
@@ -774,7 +863,7 @@ impl<S: Sink> Output for Emit<'_, S> {
     }
 
     fn full(&self) -> bool {
-        *self.inflight >= self.limit || self.error.is_some()
+        *self.inflight >= self.limit || self.error.is_some() || self.limited
     }
 }
 
@@ -987,19 +1076,76 @@ impl<S: Sink> Core<S> {
         }
     }
 
-    /// Reopens a reader whose handle was closed to respect `max_open_files`.
+    /// The reader's generation under another file name than the one it reads (its `.gz` after the
+    /// kubelet compressed it, or a rename), found by identity.
+    fn find_elsewhere(&mut self, src: &Source) -> Option<GenFile> {
+        let r = src.reader.as_ref()?;
+        let want = self.gens.get(&r.gen_key?)?.id;
+        let gens = discover::generations_of(Path::new(&src.meta.path)).ok()?;
+        gens.into_iter().find(|g| {
+            (g.dev, g.ino) != (r.dev, r.ino) && self.ids.identify(&src.meta.source, g).ok().flatten() == Some(want)
+        })
+    }
+
+    /// Moves a reader whose file was unlinked to the same generation's other file (its `.gz`),
+    /// continuing at the same uncompressed offset. `false` when there is none.
+    fn relocate(&mut self, src: &mut Source) -> bool {
+        let Some(g) = self.find_elsewhere(src) else { return false };
+        let Ok(h) = Handle::open_exact(&g) else { return false };
+        let r = src.reader.as_mut().expect("reader");
+        tracing::info!(from = %r.path.display(), to = %g.path.display(), offset = r.pos,
+            "generation deleted under its old name; reading on from its new file");
+        if r.handle.replace(h).is_none() {
+            self.open_files += 1;
+        }
+        r.rotated_at.get_or_insert_with(Instant::now);
+        r.unlinked_at = None;
+        (r.path, r.kind, r.dev, r.ino) = (g.path, g.kind, g.dev, g.ino);
+        true
+    }
+
+    /// Reopens a reader whose handle was closed to respect `max_open_files`: the file of its
+    /// generation by identity (an inode alone can have been reused by a newer generation), wherever
+    /// it is now (renamed, gzipped).
     fn reopen(&mut self, src: &mut Source) -> Result<(), Poll> {
         if self.open_files >= self.cfg.tail.max_open_files {
             return Err(Poll::NeedHandle);
         }
-        let r = src.reader.as_mut().expect("reader");
-        let gens = discover::generations_of(Path::new(&src.meta.path)).unwrap_or_default();
+        let live = PathBuf::from(&src.meta.path);
+        let r = src.reader.as_ref().expect("reader");
+        let gens = discover::generations_of(&live).unwrap_or_default();
         let want = r.gen_key.and_then(|k| self.gens.get(&k)).map(|g| g.id);
-        let found = gens.iter().find(|g| (g.dev, g.ino) == (r.dev, r.ino)).cloned().or_else(|| {
-            let want = want?;
-            gens.iter().find(|g| self.ids.identify(&src.meta.source, g).ok().flatten() == Some(want)).cloned()
-        });
+        let (dev, ino) = (r.dev, r.ino);
+        let mut found = None;
+        for g in &gens {
+            if (g.dev, g.ino) == (dev, ino) {
+                match (want, self.ids.identify(&src.meta.source, g)) {
+                    (None, _) => found = Some(g.clone()),
+                    (Some(w), Ok(Some(id))) if id == w => found = Some(g.clone()),
+                    (Some(_), Err(e)) if e.kind() == io::ErrorKind::NotFound => return Err(Poll::Idle),
+                    _ => {}
+                }
+            }
+        }
+        if found.is_none()
+            && let Some(w) = want
+        {
+            for g in &gens {
+                match self.ids.identify(&src.meta.source, g) {
+                    Ok(Some(id)) if id == w => {
+                        found = Some(g.clone());
+                        break;
+                    }
+                    // Renamed or compressed since the listing: list again at the next poll.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Poll::Idle),
+                    _ => {}
+                }
+            }
+        }
         let Some(g) = found else {
+            if discover::compression_in_progress(&live) {
+                return Err(Poll::Idle); // reappears as `.gz`
+            }
             self.give_up(src, "vanished");
             return Err(Poll::Idle);
         };
@@ -1010,6 +1156,7 @@ impl<S: Sink> Core<S> {
                     r.rotated_at.get_or_insert_with(Instant::now);
                 }
                 r.handle = Some(h);
+                r.unlinked_at = None;
                 r.path = g.path;
                 r.kind = g.kind;
                 r.dev = g.dev;
@@ -1017,6 +1164,8 @@ impl<S: Sink> Core<S> {
                 self.open_files += 1;
                 Ok(())
             }
+            // Renamed between listing and opening: not vanished, list again at the next poll.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Poll::Idle),
             Err(_) => {
                 self.give_up(src, "vanished");
                 Err(Poll::Idle)
@@ -1075,6 +1224,13 @@ impl<S: Sink> Core<S> {
     fn poll_source(&mut self, src: &mut Source) -> Poll {
         let mut progress = false;
         if !self.resolve_pod(src) {
+            return Poll::Idle;
+        }
+        if let Some(limiter) = &mut self.limiter
+            && src.meta.excluded.is_none()
+            && !limiter.may_read(src.meta.namespace(), Instant::now())
+        {
+            self.metrics.rate_limit_delays.get_or_create(&Namespace::of(src.meta.namespace())).inc();
             return Poll::Idle;
         }
         for _ in 0..16 {
@@ -1186,6 +1342,8 @@ impl<S: Sink> Core<S> {
             error,
             enrich_metrics,
             dirty_checkpoint,
+            limiter,
+            drops,
             ..
         } = self;
         let generation = gens.get_mut(&key).expect("generation state");
@@ -1202,11 +1360,17 @@ impl<S: Sink> Core<S> {
             error,
             enrich_metrics,
             dirty: dirty_checkpoint,
+            limiter: limiter.as_mut(),
+            drops,
+            limited: false,
         };
         let handle = r.handle.as_mut().expect("open handle");
         let mut turn = 0u64;
         let now = Instant::now();
         loop {
+            if out.limited {
+                return Poll::Idle;
+            }
             if out.full() {
                 return Poll::Blocked;
             }
@@ -1231,6 +1395,11 @@ impl<S: Sink> Core<S> {
             turn += used as u64;
             if used == 0 {
                 return Poll::Idle; // an incomplete last line: wait for the rest
+            }
+            if out.limited {
+                // This namespace's rate limit (delay): other files keep flowing.
+                out.metrics.rate_limit_delays.get_or_create(&Namespace::of(meta.namespace())).inc();
+                return Poll::Idle;
             }
             if out.full() {
                 return Poll::Blocked;
@@ -1308,6 +1477,8 @@ impl<S: Sink> Core<S> {
             error,
             enrich_metrics,
             dirty_checkpoint,
+            limiter,
+            drops,
             ..
         } = self;
         let generation = gens.get_mut(&key).expect("generation state");
@@ -1324,6 +1495,9 @@ impl<S: Sink> Core<S> {
             error,
             enrich_metrics,
             dirty: dirty_checkpoint,
+            limiter: limiter.as_mut(),
+            drops,
+            limited: false,
         };
         if read_tail && let Some(h) = r.handle.as_mut() {
             // An unterminated last line (bounded by the buffer; the rest of a longer one is dropped).
@@ -1403,7 +1577,7 @@ impl<S: Sink> Core<S> {
     fn flush_expired(&mut self, meta: &FileMeta, r: &mut Reader, now: Instant) {
         let Some(key) = r.gen_key else { return };
         let Core {
-            sink, metrics, gens, builder, budgets, inflight_bytes, error, enrich_metrics, dirty_checkpoint, ..
+            sink, metrics, gens, builder, budgets, inflight_bytes, error, enrich_metrics, dirty_checkpoint, limiter, drops, ..
         } = self;
         let generation = gens.get_mut(&key).expect("generation state");
         let mut out = Emit {
@@ -1419,6 +1593,9 @@ impl<S: Sink> Core<S> {
             error,
             enrich_metrics,
             dirty: dirty_checkpoint,
+            limiter: limiter.as_mut(),
+            drops,
+            limited: false,
         };
         r.lines.flush_expired(now, budgets, &mut out);
         let resume = r.lines.resume_point(r.pos);
