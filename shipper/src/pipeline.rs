@@ -1520,6 +1520,15 @@ impl<S: Sink> Core<S> {
     /// copytruncate: the old generation ends here; the same handle now holds a new one from 0.
     fn truncated(&mut self, src: &mut Source) {
         self.metrics.copytruncate.inc();
+        // The copy (`N.log.<ts>`) has the generation's identity: the unread rest is read from it, at
+        // the same offset; the truncated file is then a new generation, read from 0 after it.
+        if self.relocate(src) {
+            let r = src.reader.as_mut().expect("reader");
+            r.truncated = false;
+            tracing::info!(path = %src.meta.path, copy = %r.path.display(), offset = r.pos,
+                "file truncated in place (copytruncate); reading the rest from its copy");
+            return;
+        }
         let r = src.reader.as_mut().expect("reader");
         tracing::info!(path = %r.path.display(), offset = r.pos, "file truncated in place (copytruncate); reading from 0");
         let mut old = std::mem::replace(&mut r.lines, self.new_processor(&src.meta));

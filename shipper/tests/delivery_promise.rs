@@ -303,3 +303,37 @@ fn create_with_inode(path: &std::path::Path, content: &str, ino: u64) {
         fs::write(path, content).unwrap();
     }
 }
+
+/// Scenario 4: copytruncate with a kubelet-like copy name. The copy `0.log.<ts>` has the identity of
+/// the truncated generation; the lines between the read position and the copy point are read from
+/// the copy (same ids), then the truncated file from 0 as a new generation.
+#[test]
+fn copytruncate_reads_the_unread_rest_from_the_copy() {
+    let env = Env::new();
+    let dir = env.root.join("ns_ct_uid-ct/app");
+    fs::create_dir_all(&dir).unwrap();
+    let live = dir.join("0.log");
+    fs::write(&live, long_lines("ct", 0, 3000)).unwrap();
+    let mut cfg = env.config();
+    cfg.limits.inflight_bytes = sluice_shipper::config::ByteSize::kib(64);
+    let (run, hold) = start_held(&cfg, AckMode::InOrder);
+    run.wait_for(50, 10);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(run.count() < 1000, "blocked by back-pressure: {}", run.count());
+    // copytruncate: copy under a rotation name, truncate in place, the program writes on.
+    fs::copy(&live, dir.join("0.log.20270101-000001")).unwrap();
+    fs::OpenOptions::new().write(true).open(&live).unwrap().set_len(0).unwrap();
+    append(&live, &long_lines("ct", 3000, 3050));
+    std::thread::sleep(Duration::from_millis(600));
+    hold.store(false, std::sync::atomic::Ordering::SeqCst);
+    run.wait_for(3050, 30);
+    std::thread::sleep(Duration::from_millis(300));
+    let (records, metrics) = run.stop();
+    expect_all(&records, "ct", 3050);
+    assert_eq!(metrics.copytruncate.get(), 1);
+    let recs: Vec<Rec> = records.iter().map(decode).collect();
+    let old = recs[0].id[..32].to_owned();
+    for r in &recs {
+        assert_eq!(r.id[..32] == old, seq_of(&r.message).1 < 3000, "{r:?}");
+    }
+}
