@@ -1,6 +1,8 @@
 //! Shared helpers of the read-path tests.
 #![allow(dead_code, missing_docs)]
 
+pub mod kafka_support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

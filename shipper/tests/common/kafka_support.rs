@@ -1,0 +1,314 @@
+//! The real `sluice-shipper` binary against a real Kafka broker: a topic [`Collector`], the test's
+//! directories and YAML configuration ([`Setup`]), `/metrics` scraping and SIGTERM.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use sluice_integration_tests::{free_port, unique_name};
+use sluice_shipper::sink::Collected;
+
+use super::{Rec, decode};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sluice-shipper");
+
+/// One message as consumed.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub key: String,
+    pub headers: HashMap<String, String>,
+    pub value: Vec<u8>,
+}
+
+impl Msg {
+    pub fn rec(&self) -> Rec {
+        decode(&Collected { id: self.headers["sluice.id"].clone(), key: self.key.clone(), value: self.value.clone() })
+    }
+
+    /// The document.
+    pub fn doc(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.value).expect("a JSON document")
+    }
+}
+
+/// Reads a topic from the beginning on a background thread, keeping every message.
+pub struct Collector {
+    msgs: Arc<Mutex<Vec<Msg>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Collector {
+    pub fn start(bootstrap: &str, topic: &str) -> Self {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", unique_name("collector"))
+            .set("enable.auto.commit", "false")
+            .set("topic.metadata.refresh.interval.ms", "1000")
+            .create()
+            .expect("consumer");
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+        let partitions = md.topics()[0].partitions().len();
+        assert!(partitions > 0, "topic {topic} has no partitions");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions as i32 {
+            tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).expect("assign");
+        let msgs: Arc<Mutex<Vec<Msg>>> = Arc::default();
+        let stop: Arc<AtomicBool> = Arc::default();
+        let thread = {
+            let (msgs, stop) = (msgs.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    // Errors while a dedicated broker is stopped are expected; keep polling.
+                    if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                        let headers = m
+                            .headers()
+                            .map(|h| {
+                                h.iter()
+                                    .map(|h| {
+                                        (
+                                            h.key.to_owned(),
+                                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                                        )
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        msgs.lock().unwrap().push(Msg {
+                            key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                            headers,
+                            value: m.payload().unwrap_or_default().to_vec(),
+                        });
+                    }
+                }
+            })
+        };
+        Collector { msgs, stop, thread: Some(thread) }
+    }
+
+    pub fn count(&self) -> usize {
+        self.msgs.lock().unwrap().len()
+    }
+
+    pub fn unique(&self) -> usize {
+        let msgs = self.msgs.lock().unwrap();
+        msgs.iter()
+            .map(|m| m.headers.get("sluice.id").cloned().unwrap_or_default())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    }
+
+    /// Waits until `n` distinct record ids arrived.
+    pub fn wait_unique(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.unique() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} records arrived in Kafka within {timeout:?}",
+                self.unique()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until at least `n` messages match `pred`; returns the matching ones.
+    pub fn wait_matching(&self, n: usize, timeout: Duration, pred: impl Fn(&Msg) -> bool) -> Vec<Msg> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found: Vec<Msg> = self.messages().into_iter().filter(|m| pred(m)).collect();
+            if found.len() >= n {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} matching records arrived within {timeout:?}",
+                found.len()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn messages(&self) -> Vec<Msg> {
+        self.msgs.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A test's directories and shipper configuration.
+pub struct Setup {
+    pub tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub ckpt: PathBuf,
+    pub config: PathBuf,
+    pub metrics_port: u16,
+}
+
+impl Setup {
+    /// Node `node-1`, `kubernetes.enabled: false`, then `extra` (YAML, top-level keys).
+    pub fn new(bootstrap: &str, topic: &str, extra: &str) -> Self {
+        Setup::with_node(bootstrap, topic, "node-1", &format!("kubernetes:\n  enabled: false\n{extra}"))
+    }
+
+    /// Node `node`, then `extra` (YAML, top-level keys; must include `kubernetes`, or the default
+    /// in-cluster configuration is used).
+    pub fn with_node(bootstrap: &str, topic: &str, node: &str, extra: &str) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("pods");
+        let ckpt = tmp.path().join("ckpt");
+        fs::create_dir_all(&root).unwrap();
+        let metrics_port = free_port();
+        let config = tmp.path().join("shipper.yaml");
+        fs::write(
+            &config,
+            format!(
+                "node_name: {node}\noutput: kafka\nkafka:\n  brokers: [\"{bootstrap}\"]\n  topic: {topic}\n  delivery_timeout: 15s\npaths:\n  root: {}\n  symlink_dirs: []\ncheckpoint:\n  dir: {}\n  interval: 200ms\ntail:\n  rescan_interval: 200ms\n  rotate_wait: 500ms\n  deleted_file_grace: 10m\nmetrics:\n  listen: 127.0.0.1:{metrics_port}\n{extra}",
+                root.display(),
+                ckpt.display()
+            ),
+        )
+        .unwrap();
+        Setup { tmp, root, ckpt, config, metrics_port }
+    }
+
+    /// Starts the shipper, its log on the test's stderr.
+    pub fn spawn(&self) -> Child {
+        self.command().stderr(Stdio::inherit()).spawn().unwrap()
+    }
+
+    /// Starts the shipper with its log (stderr) appended to `log`.
+    pub fn spawn_logging_to(&self, log: &Path) -> Child {
+        let file = fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        self.command().stderr(Stdio::from(file)).spawn().unwrap()
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--config").arg(&self.config).arg("--log-level").arg("warn").stdout(Stdio::null());
+        c
+    }
+
+    /// The value of one metric series (exact name with labels), `None` when the series is absent;
+    /// fails when the endpoint is down.
+    pub fn metric_opt(&self, series: &str) -> Option<f64> {
+        series_value(&http_get(self.metrics_port, "/metrics").expect("metrics endpoint"), series)
+    }
+
+    /// The value of one metric series (exact name with labels), failing when it is absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.metric_opt(series).unwrap_or_else(|| panic!("no series {series} in /metrics"))
+    }
+
+    /// The value of a counter series, 0 while it does not exist yet (labelled series appear on
+    /// first use).
+    pub fn counter(&self, series: &str) -> f64 {
+        self.metric_opt(series).unwrap_or(0.0)
+    }
+
+    /// Waits until the endpoint answers and `ok(value of series)` (absent: 0); returns the value.
+    pub fn wait_metric(&self, series: &str, timeout: Duration, ok: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = http_get(self.metrics_port, "/metrics").map(|body| series_value(&body, series).unwrap_or(0.0));
+            if let Some(v) = v
+                && ok(v)
+            {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{series} = {v:?} after {timeout:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if http_get(self.metrics_port, "/readyz").is_some_and(|b| b.starts_with("200")) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "shipper not ready within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The checkpoint file's entries (`path`, `offset`, …), empty when there is none yet.
+    pub fn checkpoint(&self) -> Vec<serde_json::Value> {
+        let Ok(text) = fs::read_to_string(self.ckpt.join("shipper-checkpoint.json")) else { return Vec::new() };
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["generations"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// The value of `series` (exact name with labels) in a Prometheus text body.
+pub fn series_value(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
+}
+
+/// Minimal HTTP GET on 127.0.0.1 (`/readyz` answers `<status>` first).
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?;
+    Some(if path == "/metrics" { body.to_owned() } else { format!("{status} {body}") })
+}
+
+/// SIGTERM, then waits (≤ 30 s) for the exit.
+pub fn sigterm(child: &mut Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "shipper did not stop within 30 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed when dropped (a failing test leaves no shipper running).
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
