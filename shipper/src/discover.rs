@@ -181,12 +181,26 @@ impl Discovery {
     /// Walks the root and the symlink directories. Unreadable entries are skipped (a pod directory can
     /// vanish during the walk).
     pub fn scan(&self) -> Vec<LogicalFile> {
+        self.scan_checked().0
+    }
+
+    /// [`Discovery::scan`], and whether every listing succeeded: a directory that could not be
+    /// listed (the root missing or unreadable, a permission or I/O error) is no proof that the
+    /// files in it are gone. A directory its parent listed that is gone when read is proof.
+    pub fn scan_checked(&self) -> (Vec<LogicalFile>, bool) {
         let mut groups: BTreeMap<PathBuf, Vec<GenFile>> = BTreeMap::new();
         let root = fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
-        walk(&root, 0, &mut groups);
+        let mut complete = fs::read_dir(&root).is_ok();
+        complete &= walk(&root, 0, &mut groups);
         let mut seen_dirs: HashSet<PathBuf> = HashSet::new();
         for dir in &self.symlink_dirs {
-            let Ok(entries) = fs::read_dir(dir) else { continue };
+            let entries = match fs::read_dir(dir) {
+                Ok(e) => e,
+                Err(e) => {
+                    complete &= e.kind() == io::ErrorKind::NotFound;
+                    continue;
+                }
+            };
             for entry in entries.flatten() {
                 let path = entry.path();
                 if path.extension().is_none_or(|e| e != "log") {
@@ -204,27 +218,37 @@ impl Discovery {
                 groups.entry(target).or_default();
             }
         }
-        groups
+        let files = groups
             .into_iter()
             .filter(|(live, gens)| !gens.is_empty() && self.wanted(live))
             .map(|(live, mut generations)| {
                 generations.sort_by(|a, b| a.kind.order().cmp(&b.kind.order()));
                 LogicalFile { live, generations }
             })
-            .collect()
+            .collect();
+        (files, complete)
     }
 }
 
-fn walk(dir: &Path, depth: usize, groups: &mut BTreeMap<PathBuf, Vec<GenFile>>) {
+/// Returns `false` when a directory could not be listed (other than gone since its parent listed it).
+fn walk(dir: &Path, depth: usize, groups: &mut BTreeMap<PathBuf, Vec<GenFile>>) -> bool {
     if depth > MAX_DEPTH {
-        return;
+        return true;
     }
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => return e.kind() == io::ErrorKind::NotFound,
+    };
     let mut has_files = false;
-    for entry in entries.flatten() {
+    let mut complete = true;
+    for entry in entries {
+        let Ok(entry) = entry else {
+            complete = false;
+            continue;
+        };
         let Ok(ft) = entry.file_type() else { continue };
         if ft.is_dir() {
-            walk(&entry.path(), depth + 1, groups);
+            complete &= walk(&entry.path(), depth + 1, groups);
         } else if ft.is_file() {
             has_files = true;
         }
@@ -232,6 +256,7 @@ fn walk(dir: &Path, depth: usize, groups: &mut BTreeMap<PathBuf, Vec<GenFile>>) 
     if has_files {
         scan_dir(dir, groups);
     }
+    complete
 }
 
 /// Adds the generations of every log file in one directory.

@@ -36,7 +36,7 @@ use crate::parse::{ParseError, timestamp};
 use crate::reassemble::{FlushReason, Message, Tags};
 use crate::record::{FileMeta, GenerationId, RecordBuilder, fingerprint};
 use crate::sink::{AckToken, Acker, Event, Sink, SinkError};
-use crate::tail::{Handle, IdentityCache, final_fingerprint};
+use crate::tail::{self, Handle, IdentityCache, final_fingerprint};
 
 /// Bytes read from one file before moving on to the next (fairness).
 const TURN_BYTES: u64 = 256 << 10;
@@ -218,6 +218,11 @@ struct Core<S: Sink> {
     /// Generation files skipped as unreadable or empty, by (dev, inode, size, mtime): counted and
     /// logged once, tried again when the file changes.
     skipped: HashSet<(u64, u64, u64, i64)>,
+    /// Rotated generations listed but not opened yet (path, uncompressed size): one that disappears
+    /// before it is read is counted as given up (`deleted_unread`).
+    unread: HashMap<GenerationId, (PathBuf, u64)>,
+    /// The last scan could not list every directory (logged once per change).
+    listing_failed: bool,
     ids: IdentityCache,
     buf: Vec<u8>,
     builder: RecordBuilder,
@@ -272,6 +277,8 @@ impl<S: Sink> Pipeline<S> {
             loaded: HashMap::new(),
             loaded_missing: HashMap::new(),
             skipped: HashSet::new(),
+            unread: HashMap::new(),
+            listing_failed: false,
             ids: IdentityCache::default(),
             buf: vec![0u8; cfg.tail.read_buffer_bytes.as_usize()],
             builder: RecordBuilder::default(),
@@ -496,7 +503,18 @@ impl<S: Sink> Pipeline<S> {
     fn scan(&mut self) {
         self.scan_no += 1;
         self.core.metrics.scans.inc();
-        let files = self.discovery.scan();
+        let (files, complete) = self.discovery.scan_checked();
+        if complete == self.core.listing_failed {
+            self.core.listing_failed = !complete;
+            if complete {
+                tracing::info!(root = %self.discovery.root().display(), "directories listed again");
+            } else {
+                self.core.metrics.read_errors.inc();
+                tracing::warn!(root = %self.discovery.root().display(),
+                    "cannot list every log directory; nothing is taken as deleted until listings succeed");
+            }
+        }
+        let mut listed: HashMap<GenerationId, (PathBuf, u64)> = HashMap::new();
         let mut seen_ids: HashSet<GenerationId> = HashSet::new();
         let mut uncertain: HashSet<String> = HashSet::new();
         let mut seen_inodes = HashSet::new();
@@ -526,6 +544,13 @@ impl<S: Sink> Pipeline<S> {
                     }
                 };
                 seen_ids.insert(id);
+                if g.kind != GenKind::Live && !self.core.is_done(id) {
+                    let size = match self.core.unread.get(&id) {
+                        Some(&(_, size)) => size,
+                        None => tail::content_size(g).unwrap_or(g.size),
+                    };
+                    listed.insert(id, (g.path.clone(), size));
+                }
                 // Same inode, different first line: truncated and rewritten past our offset.
                 if let Some(r) = &mut src.reader
                     && r.kind == GenKind::Live
@@ -549,10 +574,35 @@ impl<S: Sink> Pipeline<S> {
             if r.unlinked_at.is_none() && st.nlink == 0 {
                 r.unlinked_at = Some(now);
             }
-            if !r.handle.as_ref().is_some_and(Handle::is_gz) {
-                lag += st.size.saturating_sub(r.pos);
-            }
+            let size = r.handle.as_ref().and_then(|h| h.content_size().ok()).unwrap_or(st.size);
+            lag += size.saturating_sub(r.pos);
         }
+        // Generations listed before and gone now (positive proof: every listing succeeded), never
+        // opened: lost, counted. Those being read are the readers' business.
+        let reading_ids: HashSet<GenerationId> = self
+            .sources
+            .values()
+            .filter_map(|s| s.reader.as_ref().and_then(|r| r.gen_key))
+            .filter_map(|k| self.core.gens.get(&k).map(|g| g.id))
+            .collect();
+        let previous = std::mem::take(&mut self.core.unread);
+        for (id, (path, size)) in previous {
+            if reading_ids.contains(&id) || self.core.is_done(id) || listed.contains_key(&id) {
+                continue;
+            }
+            if !complete || seen_ids.contains(&id) {
+                listed.insert(id, (path, size));
+                continue;
+            }
+            let from = self.core.loaded.get(&id).map_or(0, |e| e.offset);
+            let left = size.saturating_sub(from);
+            tracing::warn!(path = %path.display(), unread = left, "generation deleted before it was read");
+            Metrics::inc(&self.core.metrics.files_given_up, "deleted_unread");
+            self.core.metrics.bytes_given_up.inc_by(left);
+        }
+        listed.retain(|id, _| !reading_ids.contains(id));
+        lag += listed.values().map(|(_, size)| size).sum::<u64>();
+        self.core.unread = listed;
         self.core.metrics.lag_bytes.set(lag as i64);
         // Sources gone from disk with nothing left to read.
         let scan_no = self.scan_no;
@@ -565,7 +615,12 @@ impl<S: Sink> Pipeline<S> {
         let before = self.core.gens.len() + self.core.loaded.len();
         let Core { gens, by_id, loaded, loaded_missing, .. } = &mut self.core;
         gens.retain(|key, g| {
-            if seen_ids.contains(&g.id) || reading.contains(key) || !g.tracker.idle() || uncertain.contains(&g.live) {
+            if !complete
+                || seen_ids.contains(&g.id)
+                || reading.contains(key)
+                || !g.tracker.idle()
+                || uncertain.contains(&g.live)
+            {
                 g.missing = 0;
                 return true;
             }
@@ -577,7 +632,7 @@ impl<S: Sink> Pipeline<S> {
             keep
         });
         loaded.retain(|id, e| {
-            if seen_ids.contains(id) || uncertain.contains(&e.path) {
+            if !complete || seen_ids.contains(id) || uncertain.contains(&e.path) {
                 loaded_missing.remove(id);
                 return true;
             }
@@ -1446,6 +1501,8 @@ impl<S: Sink> Core<S> {
                 // renamed file is complete.
                 if md.size() > 0 || now.duration_since(since) >= wait { End::Complete } else { End::Wait }
             }
+            // The whole directory is not listable (e.g. the root briefly gone): no rotation.
+            Err(_) if Path::new(&meta.path).parent().is_some_and(|d| fs::metadata(d).is_err()) => End::Wait,
             Err(_) => {
                 let since = *r.rotated_at.get_or_insert(now);
                 if now.duration_since(since) >= wait { End::Complete } else { End::Wait }
@@ -1569,7 +1626,8 @@ impl<S: Sink> Core<S> {
     /// Gives up a reader before its end (counted with `reason`, unread bytes counted too).
     fn give_up(&mut self, src: &mut Source, reason: &'static str) {
         let Some(mut r) = src.reader.take() else { return };
-        let left = r.handle.as_ref().and_then(|h| h.stat().ok()).map_or(0, |s| s.size.saturating_sub(r.pos));
+        // Uncompressed bytes on both sides (a `.gz` by its trailer's size).
+        let left = r.handle.as_ref().and_then(|h| h.content_size().ok()).map_or(0, |size| size.saturating_sub(r.pos));
         tracing::warn!(path = %r.path.display(), offset = r.pos, unread = left, reason, "giving up file");
         Metrics::inc(&self.metrics.files_given_up, reason);
         self.metrics.bytes_given_up.inc_by(left);

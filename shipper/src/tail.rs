@@ -145,9 +145,37 @@ impl Handle {
         Ok(Stat { dev: md.dev(), ino: md.ino(), size: md.size(), nlink: md.nlink() })
     }
 
+    /// Size of the (uncompressed) content: the file size, or for gzip the size in its trailer (ISIZE,
+    /// modulo 4 GiB, of the last member).
+    pub fn content_size(&self) -> io::Result<u64> {
+        match self {
+            Handle::Plain(f) => Ok(f.metadata()?.len()),
+            Handle::Gz(g) => gz_content_size(&g.file),
+        }
+    }
+
     /// Whether this is a gzip stream.
     pub fn is_gz(&self) -> bool {
         matches!(self, Handle::Gz(_))
+    }
+}
+
+/// The uncompressed size a gzip file's trailer states (ISIZE of the last member, modulo 4 GiB).
+pub fn gz_content_size(file: &File) -> io::Result<u64> {
+    let len = file.metadata()?.len();
+    let mut b = [0u8; 4];
+    if len < 18 {
+        return Ok(0);
+    }
+    file.read_exact_at(&mut b, len - 4)?;
+    Ok(u64::from(u32::from_le_bytes(b)))
+}
+
+/// The uncompressed size of a generation file (see [`gz_content_size`]).
+pub fn content_size(file: &GenFile) -> io::Result<u64> {
+    match file.kind {
+        GenKind::Gz(_) => gz_content_size(&File::open(&file.path)?),
+        _ => Ok(file.size),
     }
 }
 

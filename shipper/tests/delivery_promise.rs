@@ -337,3 +337,95 @@ fn copytruncate_reads_the_unread_rest_from_the_copy() {
         assert_eq!(r.id[..32] == old, seq_of(&r.message).1 < 3000, "{r:?}");
     }
 }
+
+/// Scenario 6: a listing that fails (here: the whole root missing for several scans, as when a
+/// mount is briefly gone) is no proof that files are gone: checkpoint entries are kept, and nothing
+/// is sent again when the files reappear.
+#[test]
+fn failed_listings_do_not_collect_checkpoint_entries() {
+    let env = Env::new();
+    let dir = env.root.join("ns_gc_uid-gc/app");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("0.log.20270101-000001"), long_lines("gc", 0, 100)).unwrap();
+    fs::write(dir.join("0.log"), long_lines("gc", 100, 110)).unwrap();
+    let cfg = env.config();
+    let run = start(&cfg, AckMode::InOrder);
+    run.wait_for(110, 10);
+    std::thread::sleep(Duration::from_millis(500));
+    let away = env.tmp.path().join("pods.away");
+    fs::rename(&env.root, &away).unwrap();
+    std::thread::sleep(Duration::from_millis(1500)); // more than three scans
+    fs::rename(&away, &env.root).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (records, metrics) = run.stop();
+    expect_all(&records, "gc", 110);
+    assert_eq!(records.len(), 110, "nothing sent twice");
+    assert_eq!(metrics.checkpoint_gc.get(), 0);
+}
+
+/// Scenario 6: a lagging generation deleted before it was opened (the kubelet keeps
+/// `containerLogMaxFiles`) is counted as given up, with its size.
+#[test]
+fn lagging_generation_deleted_before_it_was_opened_is_counted() {
+    let env = Env::new();
+    let dir = env.root.join("ns_du_uid-du/app");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("0.log.20270101-000001"), long_lines("du", 0, 3000)).unwrap();
+    let second = dir.join("0.log.20270101-000002");
+    let body = long_lines("du", 3000, 3100);
+    fs::write(&second, &body).unwrap();
+    fs::write(dir.join("0.log"), long_lines("du", 3100, 3110)).unwrap();
+    let mut cfg = env.config();
+    cfg.limits.inflight_bytes = sluice_shipper::config::ByteSize::kib(64);
+    let (run, hold) = start_held(&cfg, AckMode::InOrder);
+    run.wait_for(50, 10);
+    std::thread::sleep(Duration::from_millis(500));
+    fs::remove_file(&second).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    hold.store(false, std::sync::atomic::Ordering::SeqCst);
+    run.wait_for(3010, 30);
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, metrics) = run.stop();
+    assert_eq!(given_up(&metrics, "deleted_unread"), 1);
+    assert_eq!(metrics.bytes_given_up.get(), body.len() as u64);
+}
+
+/// Scenario 6: bytes given up of a gzipped generation are uncompressed bytes (the gzip trailer's
+/// size), not the compressed size minus an uncompressed offset.
+#[test]
+fn bytes_given_up_of_a_gzip_generation_are_uncompressed_bytes() {
+    let env = Env::new();
+    let a = env.root.join("ns_y_uid-y/app");
+    fs::create_dir_all(&a).unwrap();
+    let body = long_lines("gz", 0, 12_000);
+    let gz = a.join("0.log.20270101-000001.gz");
+    fs::write(&gz, gzip(body.as_bytes())).unwrap();
+    let mut cfg = env.config();
+    cfg.tail.max_open_files = 1;
+    cfg.tail.deleted_file_grace = Duration::from_secs(60);
+    cfg.limits.inflight_bytes = sluice_shipper::config::ByteSize::mib(1);
+    let (run, hold) = start_held(&cfg, AckMode::InOrder);
+    run.wait_for(100, 10);
+    std::thread::sleep(Duration::from_millis(300));
+    fs::remove_file(&gz).unwrap(); // deleted while read: no other copy of the generation
+    let b = env.root.join("ns_a_uid-a/app");
+    fs::create_dir_all(&b).unwrap();
+    fs::write(b.join("0.log"), long_lines("aa", 0, 10)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    hold.store(false, std::sync::atomic::Ordering::SeqCst);
+    run.wait_for(10, 10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while given_up(&run.metrics, "max_open_files") == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (records, metrics) = run.stop();
+    assert_eq!(given_up(&metrics, "max_open_files"), 1);
+    let read: u64 = records
+        .iter()
+        .map(decode)
+        .filter(|r| r.message.starts_with("gz"))
+        .map(|r| long_lines("gz", seq_of(&r.message).1, seq_of(&r.message).1 + 1).len() as u64)
+        .sum();
+    assert_eq!(metrics.bytes_given_up.get(), body.len() as u64 - read);
+}
