@@ -34,6 +34,7 @@ struct Figures {
 
 struct Bench {
     bootstrap: String,
+    kubeconfig: Option<PathBuf>,
     lines: u64,
     bytes: u64,
     root: PathBuf,
@@ -42,14 +43,21 @@ struct Bench {
     compression: String,
 }
 
-/// Writes `files` kubelet-style CRI logs and one flat file with the same lines (for kcat).
-fn generate(dir: &Path, lines: u64, files: u64, line_bytes: usize) -> (PathBuf, PathBuf, u64) {
+/// Pods the files belong to: `(namespace, name, uid)`; with a control plane their uids are the
+/// server's, so the shipper's pod store enriches every record.
+type PodRef = (String, String, String);
+
+/// Writes `files` kubelet-style CRI logs (containers `c0`, `c1`, … spread over `pods`) and one flat
+/// file with the same lines (for kcat).
+fn generate(dir: &Path, lines: u64, files: u64, line_bytes: usize, pods: &[PodRef]) -> (PathBuf, PathBuf, u64) {
     let root = dir.join("pods");
     let flat = dir.join("flat.log");
     let mut flat_out = BufWriter::with_capacity(1 << 20, File::create(&flat).unwrap());
     let mut outs: Vec<BufWriter<File>> = (0..files)
         .map(|i| {
-            let d = root.join(format!("bench-ns{}_pod-{i}_uid-{i:08}", i % 10)).join("app");
+            let (ns, pod, uid) = &pods[i as usize % pods.len()];
+            let container = format!("c{}", i as usize / pods.len());
+            let d = root.join(format!("{ns}_{pod}_{uid}")).join(container);
             fs::create_dir_all(&d).unwrap();
             BufWriter::with_capacity(16 << 10, File::create(d.join("0.log")).unwrap())
         })
@@ -176,7 +184,8 @@ impl Bench {
             .env("SLUICE_KAFKA__BROKERS", &self.bootstrap)
             .env("SLUICE_KAFKA__TOPIC", &topic)
             .env("SLUICE_KAFKA__COMPRESSION", &self.compression)
-            .env("SLUICE_KUBERNETES__ENABLED", "false")
+            .env("SLUICE_KUBERNETES__ENABLED", self.kubeconfig.is_some().to_string())
+            .env("SLUICE_KUBERNETES__KUBECONFIG", self.kubeconfig.clone().unwrap_or_default())
             .env("SLUICE_PATHS__ROOT", &self.root)
             .env("SLUICE_PATHS__SYMLINK_DIRS", "")
             .env("SLUICE_CHECKPOINT__DIR", &ckpt)
@@ -190,6 +199,10 @@ impl Bench {
             let delivered = metric(port, "sluice_shipper_kafka_delivered_records_total").unwrap_or(0.0);
             if delivered as u64 >= self.lines {
                 println!("  shipper threads (CPU s): {}", thread_cpu(pid));
+                if self.kubeconfig.is_some() {
+                    let hits = metric(port, "sluice_shipper_enrich_hits_total").unwrap_or(0.0);
+                    println!("  records enriched from the pod watch: {hits}");
+                }
                 break (start.elapsed().as_secs_f64(), proc_cpu_secs(pid), proc_hwm_kib(pid));
             }
             assert!(Instant::now() < deadline, "shipper did not deliver {} lines in 600 s", self.lines);
@@ -221,13 +234,53 @@ fn main() {
     let line_bytes: usize = env_or("LINE_BYTES", 200);
     let rounds: usize = env_or("ROUNDS", 3);
     let compression: String = env_or("COMPRESSION", "zstd".to_owned());
+    let pod_count: usize = env_or("PODS", 110);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    // Enrichment on: a real kube-apiserver with `PODS` pods on the shipper's node (kubelet's default
+    // maximum is 110), when `./dev k8s build` has cached the binaries; `ENRICH=0` turns it off.
+    let plane = if env_or("ENRICH", 1) == 1 && sluice_integration_tests::kube::bin_dir().join("kube-apiserver").exists()
+    {
+        Some(rt.block_on(sluice_integration_tests::kube::ControlPlane::start()))
+    } else {
+        println!("enrichment off (ENRICH=0, or no control plane: ./dev k8s build)");
+        None
+    };
+    let pods: Vec<PodRef> = match &plane {
+        Some(plane) => rt.block_on(async {
+            use sluice_integration_tests::kube::TestPod;
+            for n in 0..10 {
+                plane.create_namespace(&format!("bench-ns{n}")).await;
+            }
+            let mut out = Vec::new();
+            let per_pod = files.div_ceil(pod_count as u64) as usize;
+            for i in 0..pod_count {
+                let ns = format!("bench-ns{}", i % 10);
+                let name = format!("web-{i}");
+                let mut p = TestPod::new(&ns, &name, "bench-node")
+                    .label("app.kubernetes.io/name", "web")
+                    .label("tier", "frontend")
+                    .owner("ReplicaSet", "web-7d4b9c8f6d");
+                for c in 0..per_pod {
+                    p = p.container(&format!("c{c}"), "registry.example/web:1.2.3");
+                }
+                let pod = plane.create_pod(&p).await;
+                out.push((ns, name, pod.metadata.uid.unwrap_or_default()));
+            }
+            out
+        }),
+        None => {
+            (0..pod_count).map(|i| (format!("bench-ns{}", i % 10), format!("web-{i}"), format!("uid-{i:08}"))).collect()
+        }
+    };
+    let kubeconfig = plane.as_ref().map(|p| p.kubeconfig(sluice_integration_tests::kube::KubeUser::Shipper));
     let work = tempfile::tempdir().unwrap();
-    let (root, flat, bytes) = generate(work.path(), lines, files, line_bytes);
+    let (root, flat, bytes) = generate(work.path(), lines, files, line_bytes, &pods);
     println!(
         "{lines} CRI lines of {line_bytes} B in {files} files ({:.1} MB), compression {compression}, acks=all",
         bytes as f64 / 1e6
     );
-    let bench = Bench { bootstrap, lines, bytes, root, flat, work: work.path().to_owned(), compression };
+    println!("{} pods in the pod store: enrichment {}", pods.len(), if kubeconfig.is_some() { "on" } else { "off" });
+    let bench = Bench { bootstrap, kubeconfig, lines, bytes, root, flat, work: work.path().to_owned(), compression };
     let (mut k, mut s) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         // Alternate the order so neither always runs on a warmer broker.

@@ -147,8 +147,16 @@ impl Metrics {
         r.register("shipper_pending_bytes", "Bytes of partial and multiline records pending", m.pending_bytes.clone());
         r.register("shipper_lag_bytes", "Bytes not yet read in open files", m.lag_bytes.clone());
         r.register("shipper_checkpoint_entries", "Generations in the checkpoint", m.checkpoint_entries.clone());
-        r.register("shipper_rate_limited_records", "Records dropped by rate_limit, by namespace", m.rate_limited_records.clone());
-        r.register("shipper_rate_limited_bytes", "Message bytes dropped by rate_limit, by namespace", m.rate_limited_bytes.clone());
+        r.register(
+            "shipper_rate_limited_records",
+            "Records dropped by rate_limit, by namespace",
+            m.rate_limited_records.clone(),
+        );
+        r.register(
+            "shipper_rate_limited_bytes",
+            "Message bytes dropped by rate_limit, by namespace",
+            m.rate_limited_bytes.clone(),
+        );
         r.register(
             "shipper_rate_limit_delays",
             "File reads postponed by a namespace's rate limit (delay), by namespace",

@@ -28,9 +28,9 @@ use crate::config::ShipperConfig;
 use crate::discover::{self, DiscoverError, Discovery, GenFile, GenKind};
 use crate::enrich::{EnrichMetrics, Filter, PodStore, Resolution};
 use crate::limit::{Decision, RateLimiter};
-use crate::metrics::Namespace;
 use crate::lines::{Budgets, LineProcessor, Output};
 use crate::metrics::Metrics;
+use crate::metrics::Namespace;
 use crate::multiline::{MultilineError, Rules};
 use crate::parse::{ParseError, timestamp};
 use crate::reassemble::{FlushReason, Message, Tags};
@@ -1644,7 +1644,18 @@ impl<S: Sink> Core<S> {
     fn flush_expired(&mut self, meta: &FileMeta, r: &mut Reader, now: Instant) {
         let Some(key) = r.gen_key else { return };
         let Core {
-            sink, metrics, gens, builder, budgets, inflight_bytes, error, enrich_metrics, dirty_checkpoint, limiter, drops, ..
+            sink,
+            metrics,
+            gens,
+            builder,
+            budgets,
+            inflight_bytes,
+            error,
+            enrich_metrics,
+            dirty_checkpoint,
+            limiter,
+            drops,
+            ..
         } = self;
         let generation = gens.get_mut(&key).expect("generation state");
         let mut out = Emit {
