@@ -192,6 +192,13 @@ impl Discovery {
         let root = fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
         let mut complete = fs::read_dir(&root).is_ok();
         complete &= walk(&root, 0, &mut groups);
+        // Live files that are symlinks (cri-dockerd: into /var/lib/docker/containers): their targets
+        // are read under the pod path, never a second time through `symlink_dirs`.
+        let linked: HashSet<PathBuf> = groups
+            .keys()
+            .filter(|live| fs::symlink_metadata(live).is_ok_and(|m| m.file_type().is_symlink()))
+            .filter_map(|live| fs::canonicalize(live).ok())
+            .collect();
         let mut seen_dirs: HashSet<PathBuf> = HashSet::new();
         for dir in &self.symlink_dirs {
             let entries = match fs::read_dir(dir) {
@@ -207,7 +214,7 @@ impl Discovery {
                     continue;
                 }
                 let Ok(target) = fs::canonicalize(&path) else { continue };
-                if groups.contains_key(&target) || target.starts_with(&root) {
+                if groups.contains_key(&target) || target.starts_with(&root) || linked.contains(&target) {
                     continue; // read under the root already: no double read
                 }
                 if let Some(parent) = target.parent()
@@ -249,7 +256,7 @@ fn walk(dir: &Path, depth: usize, groups: &mut BTreeMap<PathBuf, Vec<GenFile>>) 
         let Ok(ft) = entry.file_type() else { continue };
         if ft.is_dir() {
             complete &= walk(&entry.path(), depth + 1, groups);
-        } else if ft.is_file() {
+        } else if ft.is_file() || ft.is_symlink() {
             has_files = true;
         }
     }
@@ -266,7 +273,19 @@ pub fn scan_dir(dir: &Path, groups: &mut BTreeMap<PathBuf, Vec<GenFile>>) {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         let Some((base, kind)) = classify(name) else { continue };
-        let Ok(md) = fs::symlink_metadata(entry.path()) else { continue };
+        let Ok(mut md) = fs::symlink_metadata(entry.path()) else { continue };
+        if md.file_type().is_symlink() && kind == GenKind::Live {
+            // cri-dockerd: `N.log` links to `<id>-json.log`. Followed when the target is a regular
+            // file (a loop fails with ELOOP); its identity is the target's, its name the pod path;
+            // docker's own rotations of the target (`<id>-json.log.N`) are its older generations.
+            let Ok(target) = fs::metadata(entry.path()) else { continue };
+            md = target;
+            if md.is_file()
+                && let Ok(real) = fs::canonicalize(entry.path())
+            {
+                groups.entry(dir.join(base)).or_default().extend(docker_rotated(&real));
+            }
+        }
         if !md.is_file() {
             continue;
         }
@@ -279,6 +298,39 @@ pub fn scan_dir(dir: &Path, groups: &mut BTreeMap<PathBuf, Vec<GenFile>>) {
             mtime: md.mtime(),
         });
     }
+}
+
+/// Docker json-file rotations of `target` (`<id>-json.log`): `<id>-json.log.N`, oldest (highest `N`)
+/// first by their [`GenKind::Rotated`] key.
+fn docker_rotated(target: &Path) -> Vec<GenFile> {
+    let (Some(dir), Some(name)) = (target.parent(), target.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    if !name.ends_with("-json.log") {
+        return Vec::new();
+    }
+    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    let prefix = format!("{name}.");
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(n) = file_name.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(md) = fs::symlink_metadata(entry.path()) else { continue };
+        if md.is_file() {
+            out.push(GenFile {
+                path: entry.path(),
+                kind: GenKind::Rotated(format!("docker-{:010}", u32::MAX - n)),
+                dev: md.dev(),
+                ino: md.ino(),
+                size: md.size(),
+                mtime: md.mtime(),
+            });
+        }
+    }
+    out
 }
 
 /// Generations of one live path, oldest first (a fresh listing of its directory).

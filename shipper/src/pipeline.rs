@@ -552,7 +552,9 @@ impl<S: Sink> Pipeline<S> {
                     listed.insert(id, (g.path.clone(), size));
                 }
                 // Same inode, different first line: truncated and rewritten past our offset.
+                // (A closed reader checks identity when it reopens: the inode may have been reused.)
                 if let Some(r) = &mut src.reader
+                    && r.handle.is_some()
                     && r.kind == GenKind::Live
                     && g.kind == GenKind::Live
                     && (r.dev, r.ino) == (g.dev, g.ino)
@@ -1209,6 +1211,9 @@ impl<S: Sink> Core<S> {
                 let r = src.reader.as_mut().expect("reader");
                 if g.kind != r.kind {
                     r.rotated_at.get_or_insert_with(Instant::now);
+                }
+                if (g.dev, g.ino) != (r.dev, r.ino) {
+                    r.truncated = false; // any truncation seen was of the inode it no longer reads
                 }
                 r.handle = Some(h);
                 r.unlinked_at = None;

@@ -429,3 +429,54 @@ fn bytes_given_up_of_a_gzip_generation_are_uncompressed_bytes() {
         .sum();
     assert_eq!(metrics.bytes_given_up.get(), body.len() as u64 - read);
 }
+
+/// Scenario 7: cri-dockerd. `/var/log/pods/…/0.log` is a symlink to docker's
+/// `/var/lib/docker/containers/<id>/<id>-json.log`, rotated by docker to `-json.log.1`, `.2`. The
+/// link is followed (records keep the pod path and its metadata), docker's rotations are read as
+/// older generations in order, and the same target reached through `/var/log/containers` is not
+/// read twice. A symlink loop is ignored.
+#[test]
+fn cri_dockerd_symlinked_live_file_and_docker_rotations() {
+    let env = Env::new();
+    let id = "4f1c0ffee";
+    let docker = env.tmp.path().join("docker/containers").join(id);
+    fs::create_dir_all(&docker).unwrap();
+    let line = |seq: u64| {
+        let log = format!("{}\n", KubeletWriter::content("dk", seq, 80));
+        let ts = format!("2027-01-01T00:00:00.{seq:09}Z");
+        format!("{}\n", serde_json::json!({"log": log, "stream": "stdout", "time": ts}))
+    };
+    let lines = |from: u64, to: u64| (from..to).map(line).collect::<String>();
+    let target = docker.join(format!("{id}-json.log"));
+    fs::write(docker.join(format!("{id}-json.log.2")), lines(0, 50)).unwrap();
+    fs::write(docker.join(format!("{id}-json.log.1")), lines(50, 100)).unwrap();
+    fs::write(&target, lines(100, 150)).unwrap();
+    let pod = env.root.join("shop_web-0_uid-dk/app");
+    fs::create_dir_all(&pod).unwrap();
+    std::os::unix::fs::symlink(&target, pod.join("0.log")).unwrap();
+    // A loop next to it.
+    let looped = env.root.join("shop_loop_uid-loop/app");
+    fs::create_dir_all(&looped).unwrap();
+    std::os::unix::fs::symlink(looped.join("0.log"), looped.join("0.log")).unwrap();
+    let links = env.tmp.path().join("containers");
+    fs::create_dir_all(&links).unwrap();
+    std::os::unix::fs::symlink(pod.join("0.log"), links.join("web-0_shop_app-4f1c.log")).unwrap();
+    let mut cfg = env.config();
+    cfg.paths.symlink_dirs = vec![links.display().to_string()];
+    let run = start(&cfg, AckMode::InOrder);
+    run.wait_for(150, 10);
+    // Docker rotates while running.
+    fs::rename(docker.join(format!("{id}-json.log.2")), docker.join(format!("{id}-json.log.3"))).unwrap();
+    fs::rename(docker.join(format!("{id}-json.log.1")), docker.join(format!("{id}-json.log.2"))).unwrap();
+    fs::rename(&target, docker.join(format!("{id}-json.log.1"))).unwrap();
+    fs::write(&target, lines(150, 200)).unwrap();
+    run.wait_for(200, 10);
+    std::thread::sleep(Duration::from_millis(500));
+    let (records, _) = run.stop();
+    expect_all(&records, "dk", 200);
+    assert_eq!(records.len(), 200, "read once");
+    let v: serde_json::Value = serde_json::from_slice(&records[0].value).unwrap();
+    assert_eq!(v["log"]["file"]["path"], pod.join("0.log").display().to_string());
+    assert_eq!(v["kubernetes"]["namespace"], "shop");
+    assert_eq!(v["kubernetes"]["pod"]["name"], "web-0");
+}
