@@ -18,7 +18,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,6 +48,9 @@ const TICK: Duration = Duration::from_millis(100);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Scans in a row that must miss a generation's file before its checkpoint entry is dropped.
 const GC_SCANS: u32 = 3;
+/// Most gzip generations read at once (each holds an inflate state, an input buffer and a re-read
+/// window of up to `tail.read_buffer_bytes`); others wait for one to finish.
+const MAX_OPEN_GZIP: usize = 4;
 /// Most paths remembered from inotify between two polls.
 const MAX_DIRTY: usize = 4096;
 
@@ -221,6 +224,8 @@ struct Core<S: Sink> {
     /// Rotated generations listed but not opened yet (path, uncompressed size): one that disappears
     /// before it is read is counted as given up (`deleted_unread`).
     unread: HashMap<GenerationId, (PathBuf, u64)>,
+    /// Gzip readers open (bounded by [`MAX_OPEN_GZIP`]).
+    gz_open: Arc<AtomicUsize>,
     /// The last scan could not list every directory (logged once per change).
     listing_failed: bool,
     ids: IdentityCache,
@@ -278,6 +283,7 @@ impl<S: Sink> Pipeline<S> {
             loaded_missing: HashMap::new(),
             skipped: HashSet::new(),
             unread: HashMap::new(),
+            gz_open: Arc::default(),
             listing_failed: false,
             ids: IdentityCache::default(),
             buf: vec![0u8; cfg.tail.read_buffer_bytes.as_usize()],
@@ -1095,8 +1101,11 @@ impl<S: Sink> Core<S> {
             if self.open_files >= self.cfg.tail.max_open_files {
                 return Err(Poll::NeedHandle);
             }
+            if matches!(g.kind, GenKind::Gz(_)) && self.gz_open.load(Ordering::SeqCst) >= MAX_OPEN_GZIP {
+                return Ok(false); // in order: wait for a gzip reader to finish
+            }
             let handle = match Handle::open_exact(&g) {
-                Ok(h) => h,
+                Ok(h) => h.counted(&self.gz_open),
                 // Renamed since the listing (the path may now name a newer generation): list again.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
                 Err(e) => {
@@ -1148,7 +1157,7 @@ impl<S: Sink> Core<S> {
     /// continuing at the same uncompressed offset. `false` when there is none.
     fn relocate(&mut self, src: &mut Source) -> bool {
         let Some(g) = self.find_elsewhere(src) else { return false };
-        let Ok(h) = Handle::open_exact(&g) else { return false };
+        let Ok(h) = Handle::open_exact(&g).map(|h| h.counted(&self.gz_open)) else { return false };
         let r = src.reader.as_mut().expect("reader");
         tracing::info!(from = %r.path.display(), to = %g.path.display(), offset = r.pos,
             "generation deleted under its old name; reading on from its new file");
@@ -1206,7 +1215,10 @@ impl<S: Sink> Core<S> {
             self.give_up(src, "vanished");
             return Err(Poll::Idle);
         };
-        match Handle::open_exact(&g) {
+        if matches!(g.kind, GenKind::Gz(_)) && self.gz_open.load(Ordering::SeqCst) >= MAX_OPEN_GZIP {
+            return Err(Poll::Idle);
+        }
+        match Handle::open_exact(&g).map(|h| h.counted(&self.gz_open)) {
             Ok(h) => {
                 let r = src.reader.as_mut().expect("reader");
                 if g.kind != r.kind {

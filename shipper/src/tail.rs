@@ -9,6 +9,8 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use flate2::read::MultiGzDecoder;
 use xxhash_rust::xxh3::xxh3_64;
@@ -31,11 +33,21 @@ pub struct Stat {
 
 /// A streaming gzip reader with a small window so callers can re-read from any offset not yet passed.
 pub struct GzReader {
+    /// The counter of open gzip readers this one is counted in (see [`Handle::counted`]).
+    slot: Option<Arc<AtomicUsize>>,
     file: File,
     dec: MultiGzDecoder<io::BufReader<File>>,
     win: Vec<u8>,
     win_start: u64,
     eof: bool,
+}
+
+impl Drop for GzReader {
+    fn drop(&mut self) {
+        if let Some(s) = &self.slot {
+            s.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl std::fmt::Debug for GzReader {
@@ -106,7 +118,7 @@ impl Handle {
         Ok(match kind {
             GenKind::Gz(_) => {
                 let dec = MultiGzDecoder::new(io::BufReader::with_capacity(16 * 1024, file.try_clone()?));
-                Handle::Gz(Box::new(GzReader { file, dec, win: Vec::new(), win_start: 0, eof: false }))
+                Handle::Gz(Box::new(GzReader { slot: None, file, dec, win: Vec::new(), win_start: 0, eof: false }))
             }
             _ => Handle::Plain(file),
         })
@@ -152,6 +164,17 @@ impl Handle {
             Handle::Plain(f) => Ok(f.metadata()?.len()),
             Handle::Gz(g) => gz_content_size(&g.file),
         }
+    }
+
+    /// Counts a gzip handle in `open` for as long as it lives (a plain handle is not counted).
+    pub fn counted(mut self, open: &Arc<AtomicUsize>) -> Self {
+        if let Handle::Gz(g) = &mut self
+            && g.slot.is_none()
+        {
+            open.fetch_add(1, Ordering::SeqCst);
+            g.slot = Some(open.clone());
+        }
+        self
     }
 
     /// Whether this is a gzip stream.

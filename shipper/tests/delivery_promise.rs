@@ -480,3 +480,53 @@ fn cri_dockerd_symlinked_live_file_and_docker_rotations() {
     assert_eq!(v["kubernetes"]["namespace"], "shop");
     assert_eq!(v["kubernetes"]["pod"]["name"], "web-0");
 }
+
+/// Open gzip streams whose path lies under `dir` (each gzip reader holds its file open).
+fn open_gz_under(dir: &std::path::Path) -> usize {
+    let mut files = std::collections::HashSet::new();
+    for fd in fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        if let Ok(target) = fs::read_link(fd.path())
+            && target.starts_with(dir)
+            && target.extension().is_some_and(|e| e == "gz")
+        {
+            files.insert(target);
+        }
+    }
+    files.len()
+}
+
+/// Scenario 8: gzip readers (inflate state, input buffer, re-read window each) are bounded in
+/// number, not only by `tail.max_open_files`: many containers lagging into `.gz` generations read
+/// them a few at a time, and everything arrives.
+#[test]
+fn open_gzip_readers_are_bounded() {
+    let env = Env::new();
+    let pods = 12u64;
+    for p in 0..pods {
+        let dir = env.root.join(format!("ns_g{p:02}_uid-g{p:02}/app"));
+        fs::create_dir_all(&dir).unwrap();
+        let tag = format!("g{p:02}");
+        for (i, (from, to)) in [(0, 1500), (1500, 3000)].into_iter().enumerate() {
+            let gz = dir.join(format!("0.log.20270101-00000{}.gz", i + 1));
+            fs::write(gz, gzip(long_lines(&tag, from, to).as_bytes())).unwrap();
+        }
+        fs::write(dir.join("0.log"), long_lines(&tag, 3000, 3010)).unwrap();
+    }
+    let mut cfg = env.config();
+    cfg.limits.inflight_bytes = sluice_shipper::config::ByteSize::mib(256); // every file gets a turn
+    let run = start(&cfg, AckMode::InOrder);
+    let mut most = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while run.count() < (pods * 3010) as usize {
+        assert!(std::time::Instant::now() < deadline, "timed out: {}", run.count());
+        most = most.max(open_gz_under(env.tmp.path()));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (records, _) = run.stop();
+    for p in 0..pods {
+        expect_all(&records, &format!("g{p:02}"), 3010);
+    }
+    // 4 readers, plus at most one `.gz` opened for a moment to read its first line (identity).
+    assert!(most <= 5, "{most} gzip files open at once");
+}
