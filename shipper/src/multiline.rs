@@ -15,7 +15,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use regex::bytes::Regex;
 
 use crate::config::MultilineRule;
-use crate::reassemble::{Budget, FlushReason, Message, Tags};
+use crate::reassemble::{Budget, FlushReason, Message, Tags, reserve_within};
 
 /// Why a multiline rule could not be compiled.
 #[derive(Debug, thiserror::Error)]
@@ -143,12 +143,12 @@ impl Joiner {
         };
         if let Some(mut p) = self.pending[s].take() {
             let grow = 1 + msg.content.len();
+            let before = p.held();
             let joins = !starts_new
                 && p.lines < self.rule.max_lines
                 && p.buf.len() + grow <= self.rule.max_bytes
-                && budget.used + grow <= budget.limit;
+                && reserve_within(&mut p.buf, grow, self.rule.max_bytes, budget);
             if joins {
-                let before = p.held();
                 p.buf.push(b'\n');
                 p.buf.extend_from_slice(&msg.content);
                 p.lines += 1;
@@ -256,6 +256,27 @@ mod tests {
             ..MultilineRule::default()
         };
         Rules::compile(&[r]).unwrap().find("ns", "c").unwrap()
+    }
+
+    /// Scenario 8 (issue #9): the bytes held by a pending record (capacity) never exceed the budget.
+    #[test]
+    fn pending_bytes_never_exceed_the_budget() {
+        let r = MultilineRule {
+            start_pattern: Some("^start".into()),
+            max_lines: 1000,
+            max_bytes: ByteSize::mib(1),
+            ..MultilineRule::default()
+        };
+        let mut j = Joiner::new(Rules::compile(&[r]).unwrap().find("ns", "c").unwrap());
+        let mut budget = Budget::new(2000);
+        let line = "x".repeat(99);
+        let mut flushed = 0;
+        j.push(msg(0, "start"), Instant::now(), &mut budget, &mut |_| {});
+        for i in 0..60u64 {
+            j.push(msg(10 + i * 100, &line), Instant::now(), &mut budget, &mut |_| flushed += 1);
+            assert!(budget.used <= budget.limit, "{} held with a budget of {}", budget.used, budget.limit);
+        }
+        assert!(flushed > 0);
     }
 
     fn run(j: &mut Joiner, lines: &[&str]) -> Vec<(u64, String, Tags)> {

@@ -136,6 +136,23 @@ pub fn utf8_cut(bytes: &[u8], max: usize) -> usize {
     if (bytes[cut] & 0xC0) == 0x80 { max } else { cut }
 }
 
+/// Makes room for `grow` more bytes in `buf` within the budget, which counts capacity, not length:
+/// grows geometrically (up to `max` bytes) while the budget allows, exactly otherwise. `false` when
+/// even the exact growth does not fit.
+pub(crate) fn reserve_within(buf: &mut Vec<u8>, grow: usize, max: usize, budget: &Budget) -> bool {
+    let need = buf.len() + grow;
+    if need <= buf.capacity() {
+        return true;
+    }
+    let avail = budget.limit.saturating_sub(budget.used);
+    if need - buf.capacity() > avail {
+        return false;
+    }
+    let target = (buf.capacity() * 2).min(max).max(need).min(buf.capacity() + avail);
+    buf.reserve_exact(target - buf.len());
+    true
+}
+
 #[derive(Debug)]
 struct Pending {
     stream: Stream,
@@ -239,7 +256,7 @@ impl Assembler {
         let before = p.held();
         let room = self.max_line.saturating_sub(p.buf.len());
         let grow = frag.content.len().min(room);
-        if grow > 0 && !budget.fits(grow) {
+        if grow > 0 && !reserve_within(&mut p.buf, grow, self.max_line, budget) {
             // Out of budget: send what we have, then treat the fragment as the start of a new message.
             budget.used -= before;
             emit(self.finish(p, Some(FlushReason::Memory)));
@@ -396,6 +413,32 @@ mod tests {
         let out = feed(&mut a, &mut b, &[(Stream::Stdout, false, "aaaaaaaaaé".as_bytes())]);
         assert_eq!(out[0].2, b"aaaaaaaaa");
         assert!(out[0].4.contains(Tags::TRUNCATED));
+    }
+
+    /// Scenario 8 (issue #9): the budget counts what pending messages hold (capacity), and the
+    /// held bytes never exceed it, however the buffers grow.
+    #[test]
+    fn pending_bytes_never_exceed_the_budget() {
+        let mut a = Assembler::new(1 << 20, T);
+        let mut b = Budget::new(1000);
+        let frag = [b'x'; 100];
+        let mut emitted = 0;
+        for _ in 0..40 {
+            feed_budget(&mut a, &mut b, &frag, &mut emitted);
+            assert!(b.used <= b.limit, "{} held with a budget of {}", b.used, b.limit);
+            assert_eq!(b.used, a.held());
+        }
+        assert!(emitted > 0, "flushed for memory instead of growing past the budget");
+    }
+
+    fn feed_budget(a: &mut Assembler, b: &mut Budget, content: &[u8], emitted: &mut usize) {
+        let frag = Fragment {
+            timestamp: Cow::Borrowed(b"2026-11-27T00:17:09Z"),
+            stream: Stream::Stdout,
+            partial: true,
+            content: Cow::Borrowed(content),
+        };
+        a.push(frag, 0, 1, Instant::now(), b, &mut |_| *emitted += 1);
     }
 
     #[test]
