@@ -84,6 +84,20 @@ pub struct Metrics {
     pub rate_limited_bytes: Family<Namespace, Counter>,
     /// Times a namespace's file was not read because its rate limit (action `delay`) was reached.
     pub rate_limit_delays: Family<Namespace, Counter>,
+    /// Physical lines read, by namespace.
+    pub namespace_lines: Family<Namespace, Counter>,
+    /// Bytes read (uncompressed), by namespace.
+    pub namespace_bytes: Family<Namespace, Counter>,
+    /// Per file being read: bytes between its checkpoint and its end (read but not yet acknowledged,
+    /// plus not yet read), refreshed every rescan; the series goes when the file is no longer read.
+    pub checkpoint_lag: Family<File, Gauge>,
+}
+
+/// A `path` label (the live file).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct File {
+    /// `log.file.path`.
+    pub path: String,
 }
 
 /// A `namespace` label.
@@ -156,6 +170,13 @@ impl Metrics {
             "shipper_rate_limited_bytes",
             "Message bytes dropped by rate_limit, by namespace",
             m.rate_limited_bytes.clone(),
+        );
+        r.register("shipper_namespace_lines_read", "Physical lines read, by namespace", m.namespace_lines.clone());
+        r.register("shipper_namespace_bytes_read", "Bytes read, by namespace", m.namespace_bytes.clone());
+        r.register(
+            "shipper_checkpoint_lag_bytes",
+            "Bytes between a file's checkpoint and its end, per file being read",
+            m.checkpoint_lag.clone(),
         );
         r.register(
             "shipper_rate_limit_delays",

@@ -30,7 +30,7 @@ use crate::enrich::{EnrichMetrics, Filter, PodStore, Resolution};
 use crate::limit::{Decision, RateLimiter};
 use crate::lines::{Budgets, LineProcessor, Output};
 use crate::metrics::Metrics;
-use crate::metrics::Namespace;
+use crate::metrics::{File, Namespace};
 use crate::multiline::{MultilineError, Rules};
 use crate::parse::{ParseError, timestamp};
 use crate::reassemble::{FlushReason, Message, Tags};
@@ -253,6 +253,8 @@ pub struct Pipeline<S: Sink> {
     scan_no: u64,
     /// The previous [`Pipeline::tick`] (the deleted-file grace does not run while reading is blocked).
     tick_at: Option<Instant>,
+    /// Files with a `shipper_checkpoint_lag_bytes` series.
+    lag_series: HashSet<String>,
 }
 
 /// Totals of one run.
@@ -307,6 +309,7 @@ impl<S: Sink> Pipeline<S> {
             watcher: None,
             scan_no: 0,
             tick_at: None,
+            lag_series: HashSet::new(),
         })
     }
 
@@ -346,6 +349,7 @@ impl<S: Sink> Pipeline<S> {
             let rescan_requested = self.take_dirty();
             if last_scan.is_none_or(|t| now.duration_since(t) >= rescan) || rescan_requested {
                 self.scan();
+                self.update_checkpoint_lag();
                 last_scan = Some(now);
                 poll_everything = true;
             }
@@ -783,6 +787,29 @@ impl<S: Sink> Pipeline<S> {
                 tracing::error!(error = %e, "checkpoint write failed; retrying next interval");
             }
         }
+    }
+
+    /// `shipper_checkpoint_lag_bytes{path}` of every file being read; series of files no longer read
+    /// are removed.
+    fn update_checkpoint_lag(&mut self) {
+        let family = &self.core.metrics.checkpoint_lag;
+        let mut seen = HashSet::new();
+        for src in self.sources.values() {
+            let Some(r) = &src.reader else { continue };
+            let Some(g) = r.gen_key.and_then(|k| self.core.gens.get(&k)) else { continue };
+            // A gzipped generation's size on disk is compressed: count up to the read position.
+            let end = match r.handle.as_ref() {
+                Some(h) if !h.is_gz() => h.stat().map_or(r.pos, |st| st.size.max(r.pos)),
+                _ => r.pos,
+            };
+            let lag = end.saturating_sub(g.tracker.committed());
+            family.get_or_create(&File { path: src.meta.path.clone() }).set(lag as i64);
+            seen.insert(src.meta.path.clone());
+        }
+        for gone in self.lag_series.difference(&seen) {
+            family.remove(&File { path: gone.clone() });
+        }
+        self.lag_series = seen;
     }
 
     fn update_gauges(&mut self) {
@@ -1462,6 +1489,9 @@ impl<S: Sink> Core<S> {
             let lines = memchr::memchr_iter(b'\n', &buf[..used]).count();
             out.metrics.lines.inc_by(lines as u64);
             out.metrics.bytes.inc_by(used as u64);
+            let ns = Namespace::of(meta.namespace());
+            out.metrics.namespace_lines.get_or_create(&ns).inc_by(lines as u64);
+            out.metrics.namespace_bytes.get_or_create(&ns).inc_by(used as u64);
             r.pos += used as u64;
             r.idle = false;
             turn += used as u64;

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::kafka_support::{Collector, Msg, Setup, sigterm};
+use common::kafka_support::{Collector, Msg, Setup, http_get, sigterm};
 use common::{Rec, len_for, stream_for, verify};
 use sluice_integration_tests::{Kafka, kafka, kafka_dedicated, unique_name};
 use sluice_shipper::testkit::{KubeletWriter, WriterOptions};
@@ -96,6 +96,22 @@ async fn every_line_once_with_the_contract_and_graceful_restart_resends_nothing(
         }
         assert!(setup.metric("sluice_shipper_kafka_delivered_records_total") >= total as f64);
         assert_eq!(setup.metric("sluice_shipper_published_records_total{namespace=\"ns\"}"), total as f64);
+        assert!(setup.metric("sluice_shipper_namespace_lines_read_total{namespace=\"ns\"}") >= total as f64);
+        // Per-file checkpoint lag: one series per file being read, 0 once everything is acknowledged.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let body = http_get(setup.metrics_port, "/metrics").expect("metrics endpoint");
+            let lags: Vec<f64> = body
+                .lines()
+                .filter(|l| l.starts_with("sluice_shipper_checkpoint_lag_bytes{path="))
+                .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+                .collect();
+            if lags.len() == 3 && lags.iter().all(|v| *v == 0.0) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "checkpoint lag per file did not reach 0: {lags:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
 
         let status = sigterm(&mut shipper);
         assert!(status.success(), "graceful stop exits 0, got {status}");
