@@ -1426,9 +1426,15 @@ impl<S: Sink> Core<S> {
         true
     }
 
-    /// Reads from the reader's position until EOF, the turn budget or back-pressure.
-    fn read(&mut self, meta: &FileMeta, r: &mut Reader) -> Poll {
-        let Some(key) = r.gen_key else { return Poll::Idle };
+    /// The [`Output`] emitting records of generation `key` of `meta`'s file (stopping at `limit`
+    /// in-flight bytes), with the pending budgets and the read buffer the reader uses beside it.
+    fn emit<'a>(
+        &'a mut self,
+        meta: &'a FileMeta,
+        skip: &'a mut BTreeMap<u64, u64>,
+        key: u64,
+        limit: usize,
+    ) -> (Emit<'a, S>, &'a mut Budgets, &'a mut Vec<u8>) {
         let Core {
             sink,
             metrics,
@@ -1437,7 +1443,6 @@ impl<S: Sink> Core<S> {
             builder,
             budgets,
             inflight_bytes,
-            inflight_limit,
             error,
             enrich_metrics,
             dirty_checkpoint,
@@ -1445,17 +1450,16 @@ impl<S: Sink> Core<S> {
             drops,
             ..
         } = self;
-        let generation = gens.get_mut(&key).expect("generation state");
-        let mut out = Emit {
+        let out = Emit {
             sink,
             builder,
             metrics,
             meta,
-            generation,
+            generation: gens.get_mut(&key).expect("generation state"),
             gen_key: key,
-            skip: &mut r.skip,
+            skip,
             inflight: inflight_bytes,
-            limit: *inflight_limit,
+            limit,
             error,
             enrich_metrics,
             dirty: dirty_checkpoint,
@@ -1463,6 +1467,14 @@ impl<S: Sink> Core<S> {
             drops,
             limited: false,
         };
+        (out, budgets, buf)
+    }
+
+    /// Reads from the reader's position until EOF, the turn budget or back-pressure.
+    fn read(&mut self, meta: &FileMeta, r: &mut Reader) -> Poll {
+        let Some(key) = r.gen_key else { return Poll::Idle };
+        let limit = self.inflight_limit;
+        let (mut out, budgets, buf) = self.emit(meta, &mut r.skip, key, limit);
         let handle = r.handle.as_mut().expect("open handle");
         let mut turn = 0u64;
         let now = Instant::now();
@@ -1570,39 +1582,7 @@ impl<S: Sink> Core<S> {
     }
 
     fn finish_generation(&mut self, meta: &FileMeta, r: &mut Reader, key: u64, read_tail: bool) {
-        let Core {
-            sink,
-            metrics,
-            gens,
-            buf,
-            builder,
-            budgets,
-            inflight_bytes,
-            error,
-            enrich_metrics,
-            dirty_checkpoint,
-            limiter,
-            drops,
-            ..
-        } = self;
-        let generation = gens.get_mut(&key).expect("generation state");
-        let mut out = Emit {
-            sink,
-            builder,
-            metrics,
-            meta,
-            generation,
-            gen_key: key,
-            skip: &mut r.skip,
-            inflight: inflight_bytes,
-            limit: usize::MAX,
-            error,
-            enrich_metrics,
-            dirty: dirty_checkpoint,
-            limiter: limiter.as_mut(),
-            drops,
-            limited: false,
-        };
+        let (mut out, budgets, buf) = self.emit(meta, &mut r.skip, key, usize::MAX);
         if read_tail && let Some(h) = r.handle.as_mut() {
             // An unterminated last line (bounded by the buffer; the rest of a longer one is dropped).
             if let Ok(n) = h.read_at(buf, r.pos)
@@ -1690,38 +1670,7 @@ impl<S: Sink> Core<S> {
 
     fn flush_expired(&mut self, meta: &FileMeta, r: &mut Reader, now: Instant) {
         let Some(key) = r.gen_key else { return };
-        let Core {
-            sink,
-            metrics,
-            gens,
-            builder,
-            budgets,
-            inflight_bytes,
-            error,
-            enrich_metrics,
-            dirty_checkpoint,
-            limiter,
-            drops,
-            ..
-        } = self;
-        let generation = gens.get_mut(&key).expect("generation state");
-        let mut out = Emit {
-            sink,
-            builder,
-            metrics,
-            meta,
-            generation,
-            gen_key: key,
-            skip: &mut r.skip,
-            inflight: inflight_bytes,
-            limit: usize::MAX,
-            error,
-            enrich_metrics,
-            dirty: dirty_checkpoint,
-            limiter: limiter.as_mut(),
-            drops,
-            limited: false,
-        };
+        let (mut out, budgets, _) = self.emit(meta, &mut r.skip, key, usize::MAX);
         r.lines.flush_expired(now, budgets, &mut out);
         let resume = r.lines.resume_point(r.pos);
         out.generation.tracker.resolve(resume);
