@@ -11,7 +11,7 @@ use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::kafka_support::{Collector, Msg, Setup, http_get, sigterm};
+use common::kafka_support::{Collector, KillOnDrop, Msg, Setup, http_get, sigterm};
 use common::{Rec, len_for, stream_for, verify};
 use sluice_integration_tests::{Kafka, kafka, kafka_dedicated, unique_name};
 use sluice_shipper::testkit::{KubeletWriter, WriterOptions};
@@ -195,8 +195,8 @@ async fn broker_outage(down: Duration, opts: WriterOptions, n: u64, rss_limit_ki
     let collector = Collector::start(&bootstrap, &topic);
     let (writers, expected) = write_in_background(&setup.root, 2, n, opts, Duration::from_millis(20));
     let total: u64 = expected.values().sum();
-    let mut shipper = setup.spawn();
-    let pid = shipper.id();
+    let mut shipper = KillOnDrop(setup.spawn());
+    let pid = shipper.0.id();
     // Mid-stream: some records are in Kafka before the broker stops.
     let deadline = Instant::now() + Duration::from_secs(60);
     while collector.count() < 1000 {
@@ -212,21 +212,36 @@ async fn broker_outage(down: Duration, opts: WriterOptions, n: u64, rss_limit_ki
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let rotations_during = setup.root.read_dir().unwrap().count();
-    assert!(shipper.try_wait().unwrap().is_none(), "the shipper exited while Kafka was down");
+    assert!(shipper.0.try_wait().unwrap().is_none(), "the shipper exited while Kafka was down");
     kafka.start().await;
-    let collector_wait = tokio::task::spawn_blocking(move || {
+    let writers_done = tokio::task::spawn_blocking(move || {
         for w in writers {
             w.join().unwrap();
         }
-        collector.wait_unique(total as usize, Duration::from_secs(180));
-        collector
     });
-    let collector = collector_wait.await.unwrap();
+    writers_done.await.unwrap();
+    // On a timeout, say which side stalled: the shipper's own delivery count against the consumer's.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while collector.unique() < total as usize {
+        if Instant::now() > deadline {
+            let m = |s: &str| setup.metric_opt(s).unwrap_or(-1.0);
+            panic!(
+                "only {} of {total} records consumed within 180 s after the broker came back; the shipper \
+                 read {} records, Kafka acknowledged {}, {} retried, {} bytes in flight",
+                collector.unique(),
+                m("sluice_shipper_records_total"),
+                m("sluice_shipper_kafka_delivered_records_total"),
+                m("sluice_shipper_kafka_retries_total"),
+                m("sluice_shipper_inflight_bytes"),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(in_kafka < total as usize, "the outage came after everything was published");
     assert!(peak > 0 && peak <= rss_limit_kib, "peak RSS {peak} KiB while Kafka was down (limit {rss_limit_kib} KiB)");
     let retries = setup.metric("sluice_shipper_kafka_delivered_records_total");
     assert!(retries >= total as f64);
-    assert!(sigterm(&mut shipper).success());
+    assert!(sigterm(&mut shipper.0).success());
     let msgs = collector.messages();
     let dups = verify(&records(&msgs), &expected);
     eprintln!(

@@ -53,6 +53,9 @@ impl Collector {
             .set("group.id", unique_name("collector"))
             .set("enable.auto.commit", "false")
             .set("topic.metadata.refresh.interval.ms", "1000")
+            // After a broker restart an offset reset must re-read, never skip to the end (records
+            // are counted by distinct id, so re-reading is harmless).
+            .set("auto.offset.reset", "earliest")
             .create()
             .expect("consumer");
         let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
