@@ -64,6 +64,12 @@ pub struct Metrics {
     pub checkpoint_errors: Counter,
     /// Checkpoint entries removed because their files are gone.
     pub checkpoint_gc: Counter,
+    /// Record boundaries cut by time or memory, persisted before the record was sent (re-reads cut
+    /// there again).
+    pub cuts_recorded: Counter,
+    /// Record boundaries cut by time or memory that could not be recorded (per-generation cap
+    /// reached): a re-send after a crash may cut there differently.
+    pub cuts_unrecorded: Counter,
     /// Times reading paused because `limits.inflight_bytes` was reached.
     pub backpressure: Counter,
     /// Files tracked.
@@ -154,6 +160,16 @@ impl Metrics {
         r.register("shipper_checkpoint_writes", "Checkpoint writes", m.checkpoint_writes.clone());
         r.register("shipper_checkpoint_errors", "Failed checkpoint writes", m.checkpoint_errors.clone());
         r.register("shipper_checkpoint_gc", "Checkpoint entries of gone files removed", m.checkpoint_gc.clone());
+        r.register(
+            "shipper_record_cuts_recorded",
+            "Record boundaries cut by time or memory, persisted before sending",
+            m.cuts_recorded.clone(),
+        );
+        r.register(
+            "shipper_record_cuts_unrecorded",
+            "Record boundaries cut by time or memory not persisted (cap reached)",
+            m.cuts_unrecorded.clone(),
+        );
         r.register("shipper_backpressure", "Pauses because limits.inflight_bytes was reached", m.backpressure.clone());
         r.register("shipper_files", "Files tracked", m.files.clone());
         r.register("shipper_open_files", "Open file handles", m.open_files.clone());

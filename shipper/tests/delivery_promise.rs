@@ -390,6 +390,59 @@ fn lagging_generation_deleted_before_it_was_opened_is_counted() {
     assert_eq!(metrics.bytes_given_up.get(), body.len() as u64);
 }
 
+/// Waits until the pipeline has completed `n` more discovery scans (a clock that runs with the
+/// pipeline, not beside it).
+fn wait_scans(run: &Running, n: u64) {
+    let target = run.metrics.scans.get() + n;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while run.metrics.scans.get() < target {
+        assert!(std::time::Instant::now() < deadline, "the pipeline did not scan {n} times within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Scenario 6: a live file whose generation the checkpoint already marks done (read to its end, or
+/// given up) and that is re-identified when its first line completes is closed quietly: not given
+/// up after `deleted_file_grace` with its whole size counted, neither while it stays nor when it
+/// is later deleted. Nothing of it is sent again.
+#[test]
+fn live_file_already_done_is_not_counted_as_given_up_when_re_identified_or_deleted() {
+    let env = Env::new();
+    let dir = env.root.join("ns_dn_uid-dn/app");
+    fs::create_dir_all(&dir).unwrap();
+    let live = dir.join("0.log");
+    let first = "2027-01-01T00:00:00.000000001Z stdout F dn 00000000";
+    fs::write(&live, format!("{first}\n")).unwrap();
+    let mut cfg = env.config();
+    cfg.tail.deleted_file_grace = Duration::from_millis(300);
+    assert_eq!(run_once(&cfg, AckMode::InOrder, 1).len(), 1);
+    // The checkpoint says the generation is done.
+    let ckpt = env.ckpt.join("shipper-checkpoint.json");
+    let mut v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&ckpt).unwrap()).unwrap();
+    v["generations"][0]["complete"] = serde_json::Value::Bool(true);
+    fs::write(&ckpt, serde_json::to_vec(&v).unwrap()).unwrap();
+    // The same generation's file again, its first line not complete yet: opened without identity.
+    fs::remove_file(&live).unwrap();
+    fs::write(&live, first).unwrap();
+    let run = start(&cfg, AckMode::InOrder);
+    // Opened without identity (before three scans without it would collect the checkpoint entry).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while run.metrics.open_files.get() < 1 {
+        assert!(std::time::Instant::now() < deadline, "the live file was not opened within 30 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(run.metrics.checkpoint_gc.get() == 0, "precondition: the done entry is still loaded");
+    append(&live, "\n2027-01-01T00:00:00.000000002Z stdout F dn 00000001\n");
+    wait_scans(&run, 10); // 2 s: several times the grace
+    fs::remove_file(&live).unwrap();
+    wait_scans(&run, 10);
+    let (records, metrics) = run.stop();
+    assert_eq!(given_up(&metrics, "deleted_grace"), 0);
+    assert_eq!(given_up(&metrics, "vanished"), 0);
+    assert_eq!(metrics.bytes_given_up.get(), 0);
+    assert!(records.is_empty(), "a done generation is not sent again: {records:?}");
+}
+
 /// Scenario 6: bytes given up of a gzipped generation are uncompressed bytes (the gzip trailer's
 /// size), not the compressed size minus an uncompressed offset. Caveat: in this setup the reader
 /// reaches the end of the `.gz` before it is evicted (0 bytes left), so the test passed before the
@@ -531,4 +584,147 @@ fn open_gzip_readers_are_bounded() {
     }
     // 4 readers, plus at most one `.gz` opened for a moment to read its first line (identity).
     assert!(most <= 5, "{most} gzip files open at once");
+}
+
+// ---- Scenario 2: record boundaries cut by time or memory are reproduced after a SIGKILL ----
+
+use common::kafka_support::{Collector, KillOnDrop, Msg, Setup};
+
+/// A shipper against real Kafka whose checkpoint is written only at a graceful stop (interval 1 h):
+/// after a SIGKILL every record is read again from offset 0, as after a crash just before a write.
+fn cut_setup(bootstrap: &str, topic: &str, extra: &str) -> Setup {
+    let setup = Setup::new(bootstrap, topic, extra);
+    let yaml = fs::read_to_string(&setup.config).unwrap();
+    let yaml = yaml.replace("  interval: 200ms\ntail:", "  interval: 1h\ntail:");
+    assert!(yaml.contains("interval: 1h"), "checkpoint interval not found in {yaml}");
+    fs::write(&setup.config, yaml).unwrap();
+    setup
+}
+
+fn cri_line(tag: &str, content: &str) -> String {
+    format!("2027-01-01T00:00:00.000000001Z stdout {tag} {content}\n")
+}
+
+/// SIGKILL (no checkpoint written, no graceful flush), then the shipper started again.
+fn sigkill_before_any_checkpoint(setup: &Setup, shipper: &mut KillOnDrop) {
+    assert!(setup.checkpoint().is_empty(), "precondition: no checkpoint written before the kill");
+    shipper.kill().unwrap();
+    shipper.wait().unwrap();
+}
+
+/// Every record id of `file` always carries the same message (no content lost behind an id
+/// re-used with other content), and the records, one per id in offset order, joined by `sep`,
+/// cover exactly `expected` (nothing lost, nothing duplicated under another id).
+fn assert_same_boundaries(msgs: &[Msg], file: &std::path::Path, sep: &str, expected: &str) {
+    let mut by_id: std::collections::BTreeMap<String, (u64, String)> = Default::default();
+    for r in msgs.iter().map(Msg::rec).filter(|r| r.path == path_str(file)) {
+        match by_id.get(&r.id) {
+            Some((_, m)) => assert_eq!(m, &r.message, "id {} sent with two different contents", r.id),
+            None => {
+                by_id.insert(r.id.clone(), (r.offset, r.message.clone()));
+            }
+        }
+    }
+    let mut recs: Vec<(u64, String)> = by_id.into_values().collect();
+    recs.sort();
+    let joined = recs.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join(sep);
+    assert_eq!(joined, expected, "records of {}: {recs:?}", file.display());
+}
+
+fn pod_file(setup: &Setup, pod: &str) -> std::path::PathBuf {
+    let dir = setup.root.join(format!("ns_{pod}_uid-{pod}/app"));
+    fs::create_dir_all(&dir).unwrap();
+    dir.join("0.log")
+}
+
+async fn cut_topic(name: &str) -> (sluice_integration_tests::Kafka, String) {
+    let kafka = sluice_integration_tests::kafka().await;
+    let topic = sluice_integration_tests::unique_name(name);
+    kafka.create_topic(&topic, 1).await;
+    (kafka, topic)
+}
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Scenario 2, partial flushed by its timeout: `P abc` is sent alone (timeout), reaches Kafka, the
+/// checkpoint is not written; `F def` is appended while the shipper is down (SIGKILL). The restart
+/// must cut after `abc` again: the same id with the same content, `def` under its own id. (Before:
+/// the id of `abc` came back as `abcdef`, a 409 at the indexer, `def` never indexed.)
+#[tokio::test(flavor = "multi_thread")]
+async fn partial_cut_by_its_timeout_is_cut_there_again_after_sigkill() {
+    let (kafka, topic) = cut_topic("cut-partial").await;
+    tokio::task::spawn_blocking(move || {
+        let setup = cut_setup(&kafka.bootstrap, &topic, "parse:\n  partial_flush_timeout: 300ms\n");
+        let collector = Collector::start(&kafka.bootstrap, &topic);
+        let file = pod_file(&setup, "cp");
+        fs::write(&file, cri_line("P", "abc")).unwrap();
+        let mut shipper = KillOnDrop(setup.spawn());
+        collector.wait_matching(1, WAIT, |m| m.rec().message == "abc");
+        sigkill_before_any_checkpoint(&setup, &mut shipper);
+        append(&file, &cri_line("F", "def"));
+        let _shipper = KillOnDrop(setup.spawn());
+        collector.wait_matching(1, WAIT, |m| m.rec().message.contains("def"));
+        assert_same_boundaries(&collector.messages(), &file, "", "abcdef");
+    })
+    .await
+    .unwrap();
+}
+
+/// Scenario 2, multiline record flushed by its timeout: `Exception` + `  at a` sent as one record
+/// (timeout) before the rest of the trace was written; after SIGKILL and restart with `  at b` and
+/// `next` appended, the record is cut after `  at a` again.
+#[tokio::test(flavor = "multi_thread")]
+async fn multiline_record_cut_by_its_timeout_is_cut_there_again_after_sigkill() {
+    let (kafka, topic) = cut_topic("cut-multiline").await;
+    tokio::task::spawn_blocking(move || {
+        let rule = "multiline:\n  - namespaces: [\"ns\"]\n    containers: [\"app\"]\n    continuation_pattern: '^\\s'\n    timeout: 300ms\n";
+        let setup = cut_setup(&kafka.bootstrap, &topic, rule);
+        let collector = Collector::start(&kafka.bootstrap, &topic);
+        let file = pod_file(&setup, "cm");
+        fs::write(&file, format!("{}{}", cri_line("F", "Exception"), cri_line("F", "  at a"))).unwrap();
+        let mut shipper = KillOnDrop(setup.spawn());
+        collector.wait_matching(1, WAIT, |m| m.rec().message == "Exception\n  at a");
+        sigkill_before_any_checkpoint(&setup, &mut shipper);
+        append(&file, &format!("{}{}", cri_line("F", "  at b"), cri_line("F", "next")));
+        let _shipper = KillOnDrop(setup.spawn());
+        collector.wait_matching(1, WAIT, |m| m.rec().message == "next");
+        assert_same_boundaries(&collector.messages(), &file, "\n", "Exception\n  at a\n  at b\nnext");
+    })
+    .await
+    .unwrap();
+}
+
+/// Scenario 2, partials cut by the memory budget: while file `a` holds most of
+/// `limits.pending_bytes` with a pending partial, file `b`'s partials cannot be held and are sent
+/// one by one. `a` then completes; nothing is checkpointed; SIGKILL. After the restart `a` no longer
+/// holds memory when `b` is re-read, yet `b` is cut exactly as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn partials_cut_by_memory_are_cut_there_again_after_sigkill() {
+    let (kafka, topic) = cut_topic("cut-memory").await;
+    tokio::task::spawn_blocking(move || {
+        let extra = "parse:\n  max_line_bytes: 1KiB\n  partial_flush_timeout: 1h\nlimits:\n  pending_bytes: 1KiB\n";
+        let setup = cut_setup(&kafka.bootstrap, &topic, extra);
+        let collector = Collector::start(&kafka.bootstrap, &topic);
+        let a = pod_file(&setup, "ma");
+        let b = pod_file(&setup, "mb");
+        let (x, y, z) = ("x".repeat(700), "y".repeat(300), "z".repeat(300));
+        fs::write(&a, cri_line("P", &x)).unwrap();
+        let mut shipper = KillOnDrop(setup.spawn());
+        setup.wait_metric("sluice_shipper_pending_bytes", WAIT, |v| v >= 700.0);
+        fs::write(&b, format!("{}{}{}", cri_line("P", &y), cri_line("P", &z), cri_line("F", "b-end"))).unwrap();
+        collector.wait_matching(1, WAIT, |m| m.rec().message == "b-end");
+        append(&a, &cri_line("F", "a-end"));
+        collector.wait_matching(1, WAIT, |m| m.rec().message.ends_with("a-end"));
+        sigkill_before_any_checkpoint(&setup, &mut shipper);
+        let _shipper = KillOnDrop(setup.spawn());
+        // Sentinels: once they arrive, everything re-read before them has (one partition, in order).
+        append(&a, &cri_line("F", "a-sentinel"));
+        append(&b, &cri_line("F", "b-sentinel"));
+        collector.wait_matching(2, WAIT, |m| m.rec().message.ends_with("-sentinel"));
+        let msgs = collector.messages();
+        assert_same_boundaries(&msgs, &a, "|", &format!("{x}a-end|a-sentinel"));
+        assert_same_boundaries(&msgs, &b, "|", &format!("{y}|{z}|b-end|b-sentinel"));
+    })
+    .await
+    .unwrap();
 }
