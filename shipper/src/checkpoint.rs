@@ -472,7 +472,12 @@ mod tests {
         j.append(&line(20)).unwrap();
         assert_eq!(j.appended(), 2);
         // A crash while appending leaves a torn line.
-        OpenOptions::new().append(true).open(dir.path().join(JOURNAL_NAME)).unwrap().write_all(b"{\"id\":\"ab").unwrap();
+        OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(JOURNAL_NAME))
+            .unwrap()
+            .write_all(b"{\"id\":\"ab")
+            .unwrap();
         assert_eq!(Journal::open(dir.path()).load().unwrap(), vec![line(10), line(20)]);
         // The next run appends after the torn line without losing its own.
         let mut again = Journal::open(dir.path());

@@ -835,4 +835,3 @@ mod tests {
         assert_eq!(re_read(&all, None, &out.cuts), out.msgs);
     }
 }
-

@@ -99,6 +99,18 @@ pub struct Metrics {
     pub checkpoint_lag: Family<File, Gauge>,
 }
 
+/// Metric handles of one file, resolved once when the file is discovered or its metadata resolved
+/// (a `Family::get_or_create` locks and hashes; the read path must not do it per chunk or record).
+#[derive(Debug, Clone, Default)]
+pub struct FileCounters {
+    /// `shipper_namespace_lines_read_total` of the file's namespace.
+    pub namespace_lines: Counter,
+    /// `shipper_namespace_bytes_read_total` of the file's namespace.
+    pub namespace_bytes: Counter,
+    /// The enrichment miss counter of the file's records while they carry path metadata only.
+    pub miss: Option<Counter>,
+}
+
 /// A `path` label (the live file).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct File {
@@ -200,6 +212,16 @@ impl Metrics {
             m.rate_limit_delays.clone(),
         );
         m
+    }
+
+    /// The per-namespace counters of a file in `namespace` (no miss counter yet).
+    pub fn file_counters(&self, namespace: &str) -> FileCounters {
+        let ns = Namespace::of(namespace);
+        FileCounters {
+            namespace_lines: self.namespace_lines.get_or_create(&ns).clone(),
+            namespace_bytes: self.namespace_bytes.get_or_create(&ns).clone(),
+            miss: None,
+        }
     }
 
     /// Counts `reason` in a family.

@@ -321,7 +321,9 @@ mod tests {
             });
             off += l.len() as u64 + 1;
         }
-        j.flush_all(&mut budget, &mut |m, _| out.push((m.start, String::from_utf8(m.content.to_vec()).unwrap(), m.tags)));
+        j.flush_all(&mut budget, &mut |m, _| {
+            out.push((m.start, String::from_utf8(m.content.to_vec()).unwrap(), m.tags))
+        });
         assert_eq!(budget.used, 0);
         out
     }

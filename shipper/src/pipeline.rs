@@ -394,7 +394,10 @@ impl<S: Sink> Pipeline<S> {
                 }
                 last_flush = Instant::now();
             }
-            if last_checkpoint.elapsed() >= interval || self.core.journal.appended() >= JOURNAL_COMPACT {
+            // A long cut journal is compacted by an early write (at most once a second, should
+            // writes fail).
+            let compact = self.core.journal.appended() >= JOURNAL_COMPACT && last_checkpoint.elapsed() >= TICK * 10;
+            if last_checkpoint.elapsed() >= interval || compact {
                 self.drain_events(None);
                 self.save_checkpoint();
                 last_checkpoint = Instant::now();
@@ -584,13 +587,9 @@ impl<S: Sink> Pipeline<S> {
             let node = &self.core.cfg.node_name;
             let src = self.sources.entry(lf.live.clone()).or_insert_with(|| {
                 self.core.metrics.files_discovered.inc();
-                Source {
-                    meta: FileMeta::new(&lf.live, node),
-                    reader: None,
-                    seen_scan: 0,
-                    active: true,
-                    pod: PodState::new(),
-                }
+                let mut meta = FileMeta::new(&lf.live, node);
+                meta.counters = self.core.metrics.file_counters(meta.namespace());
+                Source { meta, reader: None, seen_scan: 0, active: true, pod: PodState::new() }
             });
             src.seen_scan = self.scan_no;
             src.active = true;
@@ -996,8 +995,8 @@ impl<S: Sink> Output for Emit<'_, S> {
         let rec = self.builder.build(self.meta, self.generation.id, &m);
         if self.meta.pod_info.is_some() {
             self.enrich_metrics.hits.inc();
-        } else if let Some(miss) = self.meta.path_only {
-            self.enrich_metrics.miss(miss);
+        } else if let Some(miss) = &self.meta.counters.miss {
+            miss.inc();
         }
         count_tags(self.metrics, rec.tags, m.flushed);
         let bytes = rec.value.len() + rec.id.len() + 64;
@@ -1389,6 +1388,7 @@ impl<S: Sink> Core<S> {
             Resolution::Enrich(info) => {
                 src.meta.pod_info = Some(info);
                 src.meta.path_only = None;
+                src.meta.counters.miss = None;
             }
             Resolution::Wait => {
                 // The filter's path rules apply at once (an excluded namespace never waits); the file
@@ -1404,6 +1404,7 @@ impl<S: Sink> Core<S> {
             Resolution::PathOnly(miss) => {
                 if src.meta.pod_info.is_none() {
                     src.meta.path_only = Some(miss);
+                    src.meta.counters.miss = Some(e.metrics.miss_counter(miss));
                     if !src.pod.missed {
                         tracing::debug!(path = %src.meta.path, reason = miss.as_str(), "no pod metadata; path metadata");
                         src.pod.missed = true;
@@ -1608,9 +1609,8 @@ impl<S: Sink> Core<S> {
             let lines = memchr::memchr_iter(b'\n', &buf[..used]).count();
             out.metrics.lines.inc_by(lines as u64);
             out.metrics.bytes.inc_by(used as u64);
-            let ns = Namespace::of(meta.namespace());
-            out.metrics.namespace_lines.get_or_create(&ns).inc_by(lines as u64);
-            out.metrics.namespace_bytes.get_or_create(&ns).inc_by(used as u64);
+            meta.counters.namespace_lines.inc_by(lines as u64);
+            meta.counters.namespace_bytes.inc_by(used as u64);
             r.pos += used as u64;
             turn += used as u64;
             if used == 0 {

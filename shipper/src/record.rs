@@ -29,6 +29,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::discover::PodPath;
 use crate::enrich::{Excluded, Miss, PodInfo, render};
+use crate::metrics::FileCounters;
 use crate::parse::timestamp;
 use crate::reassemble::{Message, Tags};
 
@@ -107,6 +108,8 @@ pub struct FileMeta {
     pub excluded: Option<Excluded>,
     /// Why records of this kubelet file carry path metadata only (counted per record).
     pub path_only: Option<Miss>,
+    /// Metric handles of the file (set by the pipeline; detached counters otherwise).
+    pub counters: FileCounters,
 }
 
 impl FileMeta {
@@ -126,6 +129,7 @@ impl FileMeta {
             pod_info: None,
             excluded: None,
             path_only: None,
+            counters: FileCounters::default(),
         }
     }
 

@@ -21,10 +21,7 @@ fn append(path: &std::path::Path, s: &str) {
 }
 
 fn run_once(cfg: &sluice_shipper::config::ShipperConfig, mode: AckMode, n: usize) -> Vec<Collected> {
-    let run = start(cfg, mode);
-    run.wait_for(n, 20);
-    std::thread::sleep(Duration::from_millis(400));
-    run.stop().0
+    start(cfg, mode).finish(n, 20).0
 }
 
 /// Scenario 9: the index date (`sluice.ts`) of a line whose timestamp cannot be read is the last
@@ -93,9 +90,7 @@ fn empty_gzip_generation_is_skipped_and_newer_generations_flow() {
     fs::write(dir.join("0.log.20270101-000002"), cri_lines("egz", 0, 10)).unwrap();
     fs::write(dir.join("0.log"), cri_lines("egz", 10, 20)).unwrap();
     let run = start(&env.config(), AckMode::InOrder);
-    run.wait_for(20, 10);
-    std::thread::sleep(Duration::from_millis(300));
-    let (records, metrics) = run.stop();
+    let (records, metrics) = run.finish(20, 10);
     let expected = std::collections::BTreeMap::from([("egz".to_owned(), 20)]);
     assert_eq!(verify(&records.iter().map(decode).collect::<Vec<_>>(), &expected), 0);
     assert_eq!(given_up(&metrics, "empty"), 1);
@@ -112,9 +107,7 @@ fn corrupt_gzip_generation_is_skipped_counted_and_newer_generations_flow() {
     fs::write(dir.join("0.log.20270101-000002"), cri_lines("cgz", 0, 10)).unwrap();
     fs::write(dir.join("0.log"), cri_lines("cgz", 10, 20)).unwrap();
     let run = start(&env.config(), AckMode::InOrder);
-    run.wait_for(20, 10);
-    std::thread::sleep(Duration::from_millis(300));
-    let (records, metrics) = run.stop();
+    let (records, metrics) = run.finish(20, 10);
     let expected = std::collections::BTreeMap::from([("cgz".to_owned(), 20)]);
     assert_eq!(verify(&records.iter().map(decode).collect::<Vec<_>>(), &expected), 0);
     assert_eq!(given_up(&metrics, "unreadable"), 1, "counted once, not once per poll");
@@ -130,28 +123,9 @@ fn directory_named_like_a_generation_is_not_a_generation() {
     fs::create_dir_all(dir.join("0.log.20270101-000002.gz")).unwrap();
     fs::write(dir.join("0.log"), cri_lines("dgz", 0, 20)).unwrap();
     let run = start(&env.config(), AckMode::InOrder);
-    run.wait_for(20, 10);
-    std::thread::sleep(Duration::from_millis(300));
-    let (records, _) = run.stop();
+    let (records, _) = run.finish(20, 10);
     let expected = std::collections::BTreeMap::from([("dgz".to_owned(), 20)]);
     assert_eq!(verify(&records.iter().map(decode).collect::<Vec<_>>(), &expected), 0);
-}
-
-/// Starts the pipeline with a [`CollectSink`] whose acknowledgements are held until released.
-fn start_held(
-    cfg: &sluice_shipper::config::ShipperConfig,
-    mode: AckMode,
-) -> (Running, std::sync::Arc<std::sync::atomic::AtomicBool>) {
-    let (acker, events) = sluice_shipper::pipeline::channel();
-    let sink = sluice_shipper::sink::CollectSink::new(acker, mode);
-    sink.hold.store(true, std::sync::atomic::Ordering::SeqCst);
-    let hold = sink.hold.clone();
-    let received = sink.received.clone();
-    let metrics = sluice_shipper::metrics::Metrics::default();
-    let p = sluice_shipper::pipeline::Pipeline::new(cfg, sink, events, metrics.clone()).unwrap();
-    let stopper = p.stopper();
-    let handle = std::thread::spawn(move || p.run().unwrap());
-    (Running { handle, stopper, received, metrics }, hold)
 }
 
 fn long_lines(tag: &str, from: u64, to: u64) -> String {
@@ -192,14 +166,12 @@ fn lagging_generation_gzipped_while_blocked_is_read_to_the_end() {
     cfg.limits.inflight_bytes = sluice_shipper::config::ByteSize::kib(64);
     let (run, hold) = start_held(&cfg, AckMode::InOrder);
     run.wait_for(50, 10);
-    std::thread::sleep(Duration::from_millis(300));
+    run.wait_scans(2);
     assert!(run.count() < 1000, "blocked by back-pressure: {}", run.count());
     kubelet_gzip(&rotated);
-    std::thread::sleep(Duration::from_millis(2000)); // several scans and ticks past the grace
+    run.wait_scans(10); // 2 s: several scans and ticks past the grace
     hold.store(false, std::sync::atomic::Ordering::SeqCst);
-    run.wait_for(3010, 30);
-    std::thread::sleep(Duration::from_millis(300));
-    let (records, metrics) = run.stop();
+    let (records, metrics) = run.finish(3010, 30);
     expect_all(&records, "lag", 3010);
     assert_eq!(given_up(&metrics, "deleted_grace"), 0);
 }
@@ -220,17 +192,15 @@ fn lagging_generation_gzipped_is_not_given_up_for_max_open_files() {
     cfg.limits.inflight_bytes = sluice_shipper::config::ByteSize::mib(1);
     let (run, hold) = start_held(&cfg, AckMode::InOrder);
     run.wait_for(100, 10);
-    std::thread::sleep(Duration::from_millis(300));
+    run.wait_scans(2);
     assert!(run.count() < 6000, "blocked by back-pressure: {}", run.count());
     kubelet_gzip(&rotated);
     let b = env.root.join("ns_a_uid-a/app");
     fs::create_dir_all(&b).unwrap();
     fs::write(b.join("0.log"), long_lines("aa", 0, 10)).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    run.wait_scans(3);
     hold.store(false, std::sync::atomic::Ordering::SeqCst);
-    run.wait_for(12_010, 60);
-    std::thread::sleep(Duration::from_millis(300));
-    let (records, metrics) = run.stop();
+    let (records, metrics) = run.finish(12_010, 60);
     expect_all(&records, "zz", 12_000);
     expect_all(&records, "aa", 10);
     assert_eq!(given_up(&metrics, "max_open_files"), 0);
@@ -253,13 +223,13 @@ fn reopen_after_eviction_checks_identity_not_the_inode() {
     cfg.tail.max_open_files = 1;
     let run = start(&cfg, AckMode::InOrder);
     run.wait_for(100, 10);
-    std::thread::sleep(Duration::from_millis(300));
+    run.wait_scans(2);
     // Another file needs the only handle: the idle live file is closed (reopened later).
     let b = env.root.join("ns_z_uid-z/app");
     fs::create_dir_all(&b).unwrap();
     fs::write(b.join("0.log"), long_lines("aa", 0, 10)).unwrap();
     run.wait_for(110, 10);
-    std::thread::sleep(Duration::from_millis(500));
+    run.wait_scans(2);
     // While closed: more lines, rotation, compression; the new live file reuses the inode.
     append(&live, &long_lines("zz", 100, 150));
     let rotated = a.join("0.log.20270101-000001");
@@ -267,9 +237,7 @@ fn reopen_after_eviction_checks_identity_not_the_inode() {
     kubelet_gzip(&rotated);
     create_with_inode(&live, &long_lines("zz", 150, 400), ino);
     assert_eq!(fs::metadata(&live).unwrap().ino(), ino, "precondition: the filesystem reused the inode");
-    run.wait_for(410, 20);
-    std::thread::sleep(Duration::from_millis(500));
-    let (records, _) = run.stop();
+    let (records, _) = run.finish(410, 20);
     expect_all(&records, "zz", 400);
     expect_all(&records, "aa", 10);
     let recs: Vec<Rec> = records.iter().map(decode).filter(|r| r.message.starts_with("zz")).collect();
@@ -318,17 +286,15 @@ fn copytruncate_reads_the_unread_rest_from_the_copy() {
     cfg.limits.inflight_bytes = sluice_shipper::config::ByteSize::kib(64);
     let (run, hold) = start_held(&cfg, AckMode::InOrder);
     run.wait_for(50, 10);
-    std::thread::sleep(Duration::from_millis(300));
+    run.wait_scans(2);
     assert!(run.count() < 1000, "blocked by back-pressure: {}", run.count());
     // copytruncate: copy under a rotation name, truncate in place, the program writes on.
     fs::copy(&live, dir.join("0.log.20270101-000001")).unwrap();
     fs::OpenOptions::new().write(true).open(&live).unwrap().set_len(0).unwrap();
     append(&live, &long_lines("ct", 3000, 3050));
-    std::thread::sleep(Duration::from_millis(600));
+    run.wait_scans(3);
     hold.store(false, std::sync::atomic::Ordering::SeqCst);
-    run.wait_for(3050, 30);
-    std::thread::sleep(Duration::from_millis(300));
-    let (records, metrics) = run.stop();
+    let (records, metrics) = run.finish(3050, 30);
     expect_all(&records, "ct", 3050);
     assert_eq!(metrics.copytruncate.get(), 1);
     let recs: Vec<Rec> = records.iter().map(decode).collect();
@@ -351,12 +317,12 @@ fn failed_listings_do_not_collect_checkpoint_entries() {
     let cfg = env.config();
     let run = start(&cfg, AckMode::InOrder);
     run.wait_for(110, 10);
-    std::thread::sleep(Duration::from_millis(500));
+    run.wait_scans(2);
     let away = env.tmp.path().join("pods.away");
     fs::rename(&env.root, &away).unwrap();
-    std::thread::sleep(Duration::from_millis(1500)); // more than three scans
+    run.wait_scans(8); // more than three scans
     fs::rename(&away, &env.root).unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    run.wait_scans(8);
     let (records, metrics) = run.stop();
     expect_all(&records, "gc", 110);
     assert_eq!(records.len(), 110, "nothing sent twice");
@@ -379,26 +345,13 @@ fn lagging_generation_deleted_before_it_was_opened_is_counted() {
     cfg.limits.inflight_bytes = sluice_shipper::config::ByteSize::kib(64);
     let (run, hold) = start_held(&cfg, AckMode::InOrder);
     run.wait_for(50, 10);
-    std::thread::sleep(Duration::from_millis(500));
+    run.wait_scans(2);
     fs::remove_file(&second).unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    run.wait_scans(8);
     hold.store(false, std::sync::atomic::Ordering::SeqCst);
-    run.wait_for(3010, 30);
-    std::thread::sleep(Duration::from_millis(500));
-    let (_, metrics) = run.stop();
+    let (_, metrics) = run.finish(3010, 30);
     assert_eq!(given_up(&metrics, "deleted_unread"), 1);
     assert_eq!(metrics.bytes_given_up.get(), body.len() as u64);
-}
-
-/// Waits until the pipeline has completed `n` more discovery scans (a clock that runs with the
-/// pipeline, not beside it).
-fn wait_scans(run: &Running, n: u64) {
-    let target = run.metrics.scans.get() + n;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while run.metrics.scans.get() < target {
-        assert!(std::time::Instant::now() < deadline, "the pipeline did not scan {n} times within 30 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Scenario 6: a live file whose generation the checkpoint already marks done (read to its end, or
@@ -433,9 +386,9 @@ fn live_file_already_done_is_not_counted_as_given_up_when_re_identified_or_delet
     }
     assert!(run.metrics.checkpoint_gc.get() == 0, "precondition: the done entry is still loaded");
     append(&live, "\n2027-01-01T00:00:00.000000002Z stdout F dn 00000001\n");
-    wait_scans(&run, 10); // 2 s: several times the grace
+    run.wait_scans(10); // 2 s: several times the grace
     fs::remove_file(&live).unwrap();
-    wait_scans(&run, 10);
+    run.wait_scans(10);
     let (records, metrics) = run.stop();
     assert_eq!(given_up(&metrics, "deleted_grace"), 0);
     assert_eq!(given_up(&metrics, "vanished"), 0);
@@ -461,19 +414,19 @@ fn bytes_given_up_of_a_gzip_generation_are_uncompressed_bytes() {
     cfg.limits.inflight_bytes = sluice_shipper::config::ByteSize::mib(1);
     let (run, hold) = start_held(&cfg, AckMode::InOrder);
     run.wait_for(100, 10);
-    std::thread::sleep(Duration::from_millis(300));
+    run.wait_scans(2);
     fs::remove_file(&gz).unwrap(); // deleted while read: no other copy of the generation
     let b = env.root.join("ns_a_uid-a/app");
     fs::create_dir_all(&b).unwrap();
     fs::write(b.join("0.log"), long_lines("aa", 0, 10)).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    run.wait_scans(3);
     hold.store(false, std::sync::atomic::Ordering::SeqCst);
     run.wait_for(10, 10);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while given_up(&run.metrics, "max_open_files") == 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    run.wait_scans(2);
     let (records, metrics) = run.stop();
     assert_eq!(given_up(&metrics, "max_open_files"), 1);
     let read: u64 = records
@@ -525,9 +478,7 @@ fn cri_dockerd_symlinked_live_file_and_docker_rotations() {
     fs::rename(docker.join(format!("{id}-json.log.1")), docker.join(format!("{id}-json.log.2"))).unwrap();
     fs::rename(&target, docker.join(format!("{id}-json.log.1"))).unwrap();
     fs::write(&target, lines(150, 200)).unwrap();
-    run.wait_for(200, 10);
-    std::thread::sleep(Duration::from_millis(500));
-    let (records, _) = run.stop();
+    let (records, _) = run.finish(200, 10);
     expect_all(&records, "dk", 200);
     assert_eq!(records.len(), 200, "read once");
     let v: serde_json::Value = serde_json::from_slice(&records[0].value).unwrap();
@@ -577,7 +528,7 @@ fn open_gzip_readers_are_bounded() {
         most = most.max(open_gz_under(env.tmp.path()));
         std::thread::sleep(Duration::from_millis(5));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    run.wait_scans(2);
     let (records, _) = run.stop();
     for p in 0..pods {
         expect_all(&records, &format!("g{p:02}"), 3010);

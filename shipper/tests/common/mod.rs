@@ -78,12 +78,46 @@ impl Running {
         }
     }
 
+    /// Waits until the pipeline completed `n` more discovery scans (a clock that runs with the
+    /// pipeline, not beside it; panics after 30 s).
+    pub fn wait_scans(&self, n: u64) {
+        let target = self.metrics.scans.get() + n;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.metrics.scans.get() < target {
+            assert!(Instant::now() < deadline, "the pipeline did not scan {n} times within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `n` records arrived (panics after `secs`), lets the pipeline run two more scans
+    /// (anything unexpected — a duplicate, a late record — has time to show), then stops it.
+    pub fn finish(self, n: usize, secs: u64) -> (Vec<Collected>, Metrics) {
+        self.wait_for(n, secs);
+        self.wait_scans(2);
+        self.stop()
+    }
+
     pub fn stop(self) -> (Vec<Collected>, Metrics) {
         self.stopper.stop();
         self.handle.join().unwrap();
         let r = self.received.lock().unwrap().clone();
         (r, self.metrics)
     }
+}
+
+/// Starts the pipeline with a [`CollectSink`] whose acknowledgements are held until the returned
+/// flag is cleared.
+pub fn start_held(cfg: &ShipperConfig, mode: AckMode) -> (Running, Arc<std::sync::atomic::AtomicBool>) {
+    let (acker, events) = pipeline::channel();
+    let sink = CollectSink::new(acker, mode);
+    sink.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    let hold = sink.hold.clone();
+    let received = sink.received.clone();
+    let metrics = Metrics::default();
+    let p = Pipeline::new(cfg, sink, events, metrics.clone()).unwrap();
+    let stopper = p.stopper();
+    let handle = std::thread::spawn(move || p.run().unwrap());
+    (Running { handle, stopper, received, metrics }, hold)
 }
 
 /// A delivered record, decoded.
