@@ -1,8 +1,8 @@
 //! `sluice top`: who logs the most over a window, from Elasticsearch aggregations, and with
 //! `--kafka` the indexer group's lag per partition, its trend and the time to drain.
 //!
-//! Lines are exact counts (`terms` / `multi_terms` aggregations; exact on one shard, within
-//! Elasticsearch's documented error bound across many shards, reported as `count_error`). Bytes
+//! Lines are exact counts (a `composite` aggregation paged to its end; `terms` would be approximate
+//! across shards and `multi_terms` needs X-Pack analytics, missing in some distributions). Bytes
 //! are the UTF-8 size of the messages: the schema has no size field and scripts may be
 //! unavailable, so each row's bytes come from up to [`SAMPLE`] of its records (one `_msearch`)
 //! times its line count: exact for rows with at most that many records, an estimate (`~`) beyond.
@@ -149,8 +149,6 @@ pub struct Table {
     pub total_lines: u64,
     /// All records per second.
     pub total_lines_per_s: f64,
-    /// Upper bound of a row's count error (several shards); 0 is exact.
-    pub count_error: u64,
     /// The rows, most lines first.
     pub rows: Vec<Row>,
     /// Records of rows not shown.
@@ -182,33 +180,56 @@ impl TopOptions {
     }
 }
 
-/// The rows of one window.
+/// Composite buckets per request while counting.
+const COMPOSITE_PAGE: usize = 1000;
+
+/// The rows of one window: a `composite` aggregation paged to the end (exact counts; only the top
+/// rows are kept, so memory is bounded by `--top`), then one `_msearch` for the rows' bytes.
 pub async fn table(opts: &TopOptions, conn: &Connected) -> Result<Table, TopError> {
     let now = Utc::now();
     let selection = opts.selection(now)?;
     let query = selection.query(None);
     let fields = opts.by.fields();
     let size = opts.top.max(1);
-    let agg = if fields.len() == 1 {
-        json!({"terms": {"field": fields[0], "size": size, "shard_size": (size * 10).max(100)}})
-    } else {
-        json!({"multi_terms": {"terms": fields.iter().map(|f| json!({"field": f})).collect::<Vec<_>>(),
-            "size": size, "shard_size": (size * 10).max(100)}})
-    };
-    let body = json!({"size": 0, "query": query, "track_total_hits": true, "aggs": {"rows": agg}});
-    let v = conn.es.search(&conn.index, &body).await?;
-    let total = v["hits"]["total"]["value"].as_u64().unwrap_or_default();
+    let sources: Vec<Value> =
+        fields.iter().enumerate().map(|(i, f)| json!({format!("k{i}"): {"terms": {"field": f}}})).collect();
+    let mut after: Option<Value> = None;
+    let mut total = 0u64;
+    // The `size` largest (lines, key) seen so far; ties keep the smaller key.
+    let mut best: Vec<(u64, Vec<String>)> = Vec::with_capacity(size + 1);
+    loop {
+        let mut composite = json!({"size": COMPOSITE_PAGE, "sources": sources});
+        if let Some(a) = &after {
+            composite["after"] = a.clone();
+        }
+        let body = json!({"size": 0, "query": query, "track_total_hits": after.is_none(),
+            "aggs": {"rows": {"composite": composite}}});
+        let v = conn.es.search(&conn.index, &body).await?;
+        if after.is_none() {
+            total = v["hits"]["total"]["value"].as_u64().unwrap_or_default();
+        }
+        let buckets = v["aggregations"]["rows"]["buckets"].as_array().cloned().unwrap_or_default();
+        for b in &buckets {
+            let key: Vec<String> =
+                (0..fields.len()).map(|i| b["key"][format!("k{i}")].as_str().unwrap_or_default().to_owned()).collect();
+            let lines = b["doc_count"].as_u64().unwrap_or_default();
+            best.push((lines, key));
+            if best.len() > size {
+                best.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+                best.truncate(size);
+            }
+        }
+        match v["aggregations"]["rows"]["after_key"].clone() {
+            Value::Null => break,
+            _ if buckets.len() < COMPOSITE_PAGE => break,
+            k => after = Some(k),
+        }
+    }
+    best.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     let window = opts.since.as_secs_f64().max(1e-3);
-    let count_error = v["aggregations"]["rows"]["doc_count_error_upper_bound"].as_u64().unwrap_or_default();
-    let buckets = v["aggregations"]["rows"]["buckets"].as_array().cloned().unwrap_or_default();
     let mut rows = Vec::new();
     let mut searches = Vec::new();
-    for b in &buckets {
-        let key: Vec<String> = match &b["key"] {
-            Value::Array(parts) => parts.iter().map(|p| p.as_str().unwrap_or_default().to_owned()).collect(),
-            k => vec![k.as_str().unwrap_or_default().to_owned()],
-        };
-        let lines = b["doc_count"].as_u64().unwrap_or_default();
+    for (lines, key) in best {
         let mut q = query.clone();
         if let Some(filter) = q["bool"]["filter"].as_array_mut() {
             for (f, k) in fields.iter().zip(&key) {
@@ -251,7 +272,6 @@ pub async fn table(opts: &TopOptions, conn: &Connected) -> Result<Table, TopErro
         window_seconds: window,
         total_lines: total,
         total_lines_per_s: total as f64 / window,
-        count_error,
         rows,
         other_lines: total.saturating_sub(shown),
         kafka: None,
@@ -289,11 +309,10 @@ pub fn render(t: &Table) -> String {
     };
     let width = t.rows.iter().map(|r| r.key.join("/").len()).max().unwrap_or(0).max(by.len());
     out.push_str(&format!(
-        "last {}: {} lines, {:.1} lines/s{}\n",
+        "last {}: {} lines, {:.1} lines/s\n",
         human_duration(t.window_seconds),
         t.total_lines,
         t.total_lines_per_s,
-        if t.count_error > 0 { format!(" (counts ±{})", t.count_error) } else { String::new() }
     ));
     out.push_str(&format!("{by:<width$}  {:>10}  {:>10}  {:>12}  {:>6}\n", "LINES", "LINES/S", "BYTES/S", "SHARE"));
     for r in &t.rows {
@@ -420,7 +439,6 @@ mod tests {
             window_seconds: 300.0,
             total_lines: 600,
             total_lines_per_s: 2.0,
-            count_error: 0,
             rows: vec![Row {
                 key: vec!["shop".into(), "web-0".into()],
                 lines: 450,
