@@ -453,7 +453,7 @@ mod tests {
         };
         let s = render(&t);
         assert!(s.starts_with("last 5m00s: 600 lines, 2.0 lines/s\n"), "{s}");
-        assert!(s.contains("shop/web-0           450         1.5   ~1.0 KiB/s   75.0%"), "{s}");
+        assert!(s.contains("shop/web-0            450         1.5    ~1.0 KiB/s   75.0%\n"), "{s}");
         assert!(s.contains("(others)"), "{s}");
     }
 }

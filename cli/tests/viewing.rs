@@ -181,7 +181,7 @@ async fn selections(search: &Search) {
     let all = sorted(all);
     let only = |f: &dyn Fn(&Rec) -> bool| lines(&all.iter().filter(|r| f(r)).cloned().collect::<Vec<_>>());
     let url = search.url.as_str();
-    let ts = |r: &Rec| r.ts.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    let ts = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
 
     // Everything, sorted by time then id (the late record first, a4-0 before g3-9), also in pages of 2.
     expect_logs(url, &index, &[], &lines(&all));
@@ -213,7 +213,7 @@ async fn selections(search: &Search) {
     expect_logs(url, &index, &["--tail", "3"], &lines(&all[all.len() - 3..]));
     expect_logs(url, &index, &["--tail", "2", "-n", "shop"], &lines(&all.iter().filter(|r| r.ns == "shop").cloned().collect::<Vec<_>>()[7..]));
     expect_logs(url, &index, &["--limit", "2"], &lines(&all[..2]));
-    let (from, to) = (ts(&(t0 + TimeDelta::seconds(4))), ts(&(t0 + TimeDelta::seconds(6))));
+    let (from, to) = (ts(t0 + TimeDelta::seconds(4)), ts(t0 + TimeDelta::seconds(6)));
     expect_logs(url, &index, &["--since-time", &from, "--until", &to], &only(&|r| {
         r.ts >= t0 + TimeDelta::seconds(4) && r.ts < t0 + TimeDelta::seconds(6)
     }));
@@ -222,7 +222,7 @@ async fn selections(search: &Search) {
     // Output modes: raw keeps the multi-line record whole; timestamps in UTC or local time; wide; JSON.
     let trace = all.iter().find(|r| r.id == "g1-200").unwrap();
     expect_logs(url, &index, &["web-0", "-o", "raw", "--stream", "stdout", "-q", "boom"], &format!("{}\n", trace.message));
-    expect_logs(url, &index, &["job-1", "--timestamps"], &format!("{} batch/job-1/main done\n", ts(&(t0 + TimeDelta::seconds(3)))));
+    expect_logs(url, &index, &["job-1", "--timestamps"], &format!("{} batch/job-1/main done\n", ts(t0 + TimeDelta::seconds(3))));
     let (code, out, err) = {
         let o = Command::new(BIN)
             .args(["logs", "--index", &index, "job-1", "--timestamps", "--local-time"])
@@ -238,7 +238,7 @@ async fn selections(search: &Search) {
     assert_eq!((code, out), (Some(0), format!("{local} batch/job-1/main done\n")), "{err}");
     let g = all.iter().find(|r| r.id == "g5-10").unwrap();
     expect_logs(url, &index, &["-o", "wide", "-n", "kube-system", "-q", "NXDOMAIN"],
-        &format!("{} node-2 kube-system/coredns-abc/coredns stdout NXDOMAIN\n", ts(g)));
+        &format!("{} node-2 kube-system/coredns-abc/coredns stdout NXDOMAIN\n", ts(g.ts)));
     let (code, out, _) = sluice(url, &["logs", "--index", &index, "-o", "json", "-n", "kube-system"]);
     assert_eq!(code, 0);
     let docs: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -462,7 +462,7 @@ async fn top_counts_match_the_seeded_records() {
     assert_eq!(t["rows"][0]["key"][0], "shop");
 
     // By pod, top 2: the two busiest pods, the rest in `other_lines`.
-    let (code, out, err) = sluice(&es.url, &["top", "--once", "-o", "json", "--by", "pod", "--top", "2", "--index", &index]);
+    let (code, out, err) = sluice(&es.url, &["top", "--once", "-o", "json", "--by", "pod", "--top", "2", "--since", "15m", "--index", &index]);
     assert_eq!(code, 0, "{err}");
     let t: Value = serde_json::from_str(out.trim()).unwrap();
     let rows: Vec<(String, u64)> = t["rows"]
@@ -475,12 +475,12 @@ async fn top_counts_match_the_seeded_records() {
     assert_eq!(t["other_lines"], all.len() as u64 - rows[0].1 - rows[1].1);
 
     // By container, within one namespace and a label selector; the table form.
-    let (code, out, err) = sluice(&es.url, &["top", "--once", "--by", "container", "-n", "shop", "-l", "app=db", "--index", &index]);
+    let (code, out, err) = sluice(&es.url, &["top", "--once", "--by", "container", "-n", "shop", "-l", "app=db", "--since", "15m", "--index", &index]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(row_lines(&out, "shop/db-0/postgres"), Some(count(&|r| r.container == "postgres")), "{out}");
     assert_eq!(row_lines(&out, "shop/db-0/exporter"), Some(1), "{out}");
     assert!(!out.contains("nginx"), "{out}");
-    let (code, out, _) = sluice(&es.url, &["top", "--once", "--by", "node", "--index", &index]);
+    let (code, out, _) = sluice(&es.url, &["top", "--once", "--by", "node", "--since", "15m", "--index", &index]);
     assert_eq!(code, 0);
     assert_eq!(row_lines(&out, "node-1"), Some(count(&|r| r.node == "node-1")), "{out}");
     assert_eq!(row_lines(&out, "node-2"), Some(count(&|r| r.node == "node-2")), "{out}");
@@ -527,7 +527,12 @@ async fn top_kafka_lag_matches_the_group() {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&topic, 0, Offset::Offset(5)).unwrap();
     tpl.add_partition_offset(&topic, 1, Offset::Offset(2)).unwrap();
-    consumer.commit(&tpl, CommitMode::Sync).unwrap();
+    // A new group's coordinator may not be ready at once (NotCoordinator / CoordinatorLoadInProgress).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+        assert!(Instant::now() < deadline, "committing the group's offsets: {e}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     let kafka_args = ["--kafka", "--brokers", &kafka.bootstrap, "--topic", &topic, "--group", &group, "--interval", "1s"];
     let mut args = vec!["top", "--once", "-o", "json", "--index", &index];
