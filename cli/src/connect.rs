@@ -15,7 +15,7 @@ pub enum ConnectError {
     #[error("{0}")]
     Flags(String),
     /// Elasticsearch did not answer.
-    #[error("cannot reach Elasticsearch at {url}: {source}")]
+    #[error("cannot reach Elasticsearch at {url}")]
     Unreachable {
         /// The URL, password redacted.
         url: String,
@@ -34,7 +34,7 @@ pub enum ConnectError {
         url: String,
     },
     /// Credentials refused.
-    #[error("Elasticsearch at {url} refused the credentials: {source} (check --es-user/--es-password or --es-api-key)")]
+    #[error("Elasticsearch at {url} refused the credentials (check --es-user/--es-password or --es-api-key)")]
     Refused {
         /// The URL, password redacted.
         url: String,

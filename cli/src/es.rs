@@ -208,7 +208,8 @@ impl Es {
             .base
             .join("_bulk?refresh=true")
             .map_err(|e| EsError::Url { url: "_bulk".into(), reason: e.to_string() })?;
-        let req = self.authorize(self.http.post(url.clone()).header("content-type", "application/x-ndjson").body(ndjson));
+        let req =
+            self.authorize(self.http.post(url.clone()).header("content-type", "application/x-ndjson").body(ndjson));
         let http = |source| EsError::Http { method: Method::POST, url: url.to_string(), source };
         let resp = req.send().await.map_err(http)?;
         let status = resp.status();
@@ -326,6 +327,10 @@ impl Es {
         let resp = req.send().await.map_err(http)?;
         let status = resp.status();
         let elastic = resp.headers().contains_key("x-elastic-product");
+        // A user allowed to read logs but not to monitor nodes: Elasticsearch still names itself.
+        if status == StatusCode::FORBIDDEN {
+            return Ok(if elastic { Flavor::Elasticsearch } else { Flavor::OpenSearch });
+        }
         if !status.is_success() {
             let mut body = resp.text().await.unwrap_or_default();
             body.truncate(600);
@@ -428,7 +433,8 @@ impl Es {
 
     async fn ndjson(&self, path: &str, ndjson: String) -> Result<Value, EsError> {
         let url = self.base.join(path).map_err(|e| EsError::Url { url: path.into(), reason: e.to_string() })?;
-        let req = self.authorize(self.http.post(url.clone()).header("content-type", "application/x-ndjson").body(ndjson));
+        let req =
+            self.authorize(self.http.post(url.clone()).header("content-type", "application/x-ndjson").body(ndjson));
         let http = |source| EsError::Http { method: Method::POST, url: url.to_string(), source };
         let resp = req.send().await.map_err(http)?;
         let status = resp.status();

@@ -130,8 +130,10 @@ impl LagReader {
         for &p in &ids {
             tpl.add_partition(topic, p);
         }
-        let committed =
-            self.consumer.committed_offsets(tpl, timeout).map_err(|e| err("reading the group's committed offsets", e))?;
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, timeout)
+            .map_err(|e| err("reading the group's committed offsets", e))?;
         let mut partitions = Vec::with_capacity(ids.len());
         for &p in &ids {
             let (low, high) =
@@ -144,7 +146,13 @@ impl LagReader {
             partitions.push(PartitionLag { partition: p, committed, low, high, lag });
         }
         let total = partitions.iter().map(|p| p.lag).sum();
-        Ok(LagSample { topic: topic.clone(), group: self.args.group.clone(), partitions, total, at: Some(Instant::now()) })
+        Ok(LagSample {
+            topic: topic.clone(),
+            group: self.args.group.clone(),
+            partitions,
+            total,
+            at: Some(Instant::now()),
+        })
     }
 }
 

@@ -352,7 +352,9 @@ pub async fn run<W: Write>(opts: &LogsOptions, out: W, colour: bool) -> Result<S
     let flushed = em.printer.flush();
     let closed = |e: &io::Error| e.kind() == io::ErrorKind::BrokenPipe;
     match (result, flushed) {
-        (Err(Failure::Io(e)), _) | (Ok(()), Err(e)) if closed(&e) => Ok(Summary { printed: em.printed, pipe_closed: true }),
+        (Err(Failure::Io(e)), _) | (Ok(()), Err(e)) if closed(&e) => {
+            Ok(Summary { printed: em.printed, pipe_closed: true })
+        }
         (Err(Failure::Io(e)), _) => Err(LogsError::Io(e)),
         (Err(Failure::Es(e)), _) => Err(e.into()),
         (Err(Failure::PipeClosed), _) => Ok(Summary { printed: em.printed, pipe_closed: true }),

@@ -161,7 +161,10 @@ mod tests {
             "2026-12-02T10:00:00.123456789Z shop/web-0/app boom\n  at a\n  at b\n"
         );
         let c = pod_colour("shop", "web-0");
-        assert_eq!(print(Format::Default, true, false), format!("\x1b[{c}mshop/web-0/app\x1b[0m boom\n  at a\n  at b\n"));
+        assert_eq!(
+            print(Format::Default, true, false),
+            format!("\x1b[{c}mshop/web-0/app\x1b[0m boom\n  at a\n  at b\n")
+        );
         assert_eq!(print(Format::Raw, true, false), "boom\n  at a\n  at b\n");
         assert_eq!(
             print(Format::Wide, false, false),

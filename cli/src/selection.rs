@@ -40,11 +40,7 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 
 fn names(field: &str, values: &[String]) -> Option<Value> {
     let one = |v: &String| {
-        if v.contains(['*', '?']) {
-            json!({"wildcard": {field: {"value": v}}})
-        } else {
-            json!({"term": {field: v}})
-        }
+        if v.contains(['*', '?']) { json!({"wildcard": {field: {"value": v}}}) } else { json!({"term": {field: v}}) }
     };
     match values {
         [] => None,

@@ -352,7 +352,10 @@ pub fn render(t: &Table) -> String {
             }
             None => out.push_str(" (trend on the next refresh)\n"),
         }
-        out.push_str(&format!("{:>9}  {:>12}  {:>12}  {:>10}  {:>10}\n", "PARTITION", "COMMITTED", "END", "LAG", "TREND"));
+        out.push_str(&format!(
+            "{:>9}  {:>12}  {:>12}  {:>10}  {:>10}\n",
+            "PARTITION", "COMMITTED", "END", "LAG", "TREND"
+        ));
         for p in &k.lag.partitions {
             let tr = k.trend.as_ref().and_then(|t| t.partitions.iter().find(|x| x.0 == p.partition));
             let trend = match tr {

@@ -64,7 +64,15 @@ impl Rec {
     }
 }
 
-fn rec(id: &str, ts: DateTime<Utc>, ns: &'static str, pod: &'static str, container: &'static str, stream: &'static str, message: &str) -> Rec {
+fn rec(
+    id: &str,
+    ts: DateTime<Utc>,
+    ns: &'static str,
+    pod: &'static str,
+    container: &'static str,
+    stream: &'static str,
+    message: &str,
+) -> Rec {
     let (node, labels) = match pod {
         "web-0" => ("node-1", json!({"app": "web", "tier": "frontend", "app_kubernetes_io/name": "shop"})),
         "web-1" => ("node-2", json!({"app": "web", "tier": "frontend"})),
@@ -156,7 +164,11 @@ fn sluice(url: &str, args: &[&str]) -> (i32, String, String) {
         .env_remove("SLUICE_ELASTICSEARCH__INDEX")
         .output()
         .expect("run sluice");
-    (status.code().unwrap_or(-1), String::from_utf8_lossy(&stdout).into_owned(), String::from_utf8_lossy(&stderr).into_owned())
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
 }
 
 /// `sluice logs --index <index> args…` must print exactly `expected`.
@@ -198,31 +210,62 @@ async fn selections(search: &Search) {
     expect_logs(url, &index, &["-l", "app=web"], &only(&|r| r.label("app") == Some("web")));
     expect_logs(url, &index, &["-l", "app==web,tier!=db"], &only(&|r| r.label("app") == Some("web")));
     expect_logs(url, &index, &["-l", "tier!=frontend"], &only(&|r| r.label("tier") != Some("frontend")));
-    expect_logs(url, &index, &["-l", "app in (db, web)", "-c", "nginx,postgres"], &only(&|r| {
-        r.label("app").is_some() && r.container != "exporter"
-    }));
+    expect_logs(
+        url,
+        &index,
+        &["-l", "app in (db, web)", "-c", "nginx,postgres"],
+        &only(&|r| r.label("app").is_some() && r.container != "exporter"),
+    );
     expect_logs(url, &index, &["-l", "tier notin (frontend,x)"], &only(&|r| r.label("tier") != Some("frontend")));
     expect_logs(url, &index, &["-l", "k8s-app"], &only(&|r| r.label("k8s-app").is_some()));
     expect_logs(url, &index, &["-l", "!app"], &only(&|r| r.label("app").is_none()));
     expect_logs(url, &index, &["-l", "app.kubernetes.io/name=shop"], &only(&|r| r.pod == "web-0"));
     // Free text (full-text match on message) and client-side regex.
     expect_logs(url, &index, &["-q", "timeout"], &only(&|r| r.message.contains("timeout")));
-    expect_logs(url, &index, &["-q", "timeout", "-n", "shop", "--stream", "stdout"], &only(&|r| r.pod == "web-1" && r.message.contains("timeout")));
-    expect_logs(url, &index, &["--grep", "^GET .* 200$"], &only(&|r| r.message.starts_with("GET") && r.message.ends_with("200")));
+    expect_logs(
+        url,
+        &index,
+        &["-q", "timeout", "-n", "shop", "--stream", "stdout"],
+        &only(&|r| r.pod == "web-1" && r.message.contains("timeout")),
+    );
+    expect_logs(
+        url,
+        &index,
+        &["--grep", "^GET .* 200$"],
+        &only(&|r| r.message.starts_with("GET") && r.message.ends_with("200")),
+    );
     // Time: the tail, a limit, an explicit range.
     expect_logs(url, &index, &["--tail", "3"], &lines(&all[all.len() - 3..]));
-    expect_logs(url, &index, &["--tail", "2", "-n", "shop"], &lines(&all.iter().filter(|r| r.ns == "shop").cloned().collect::<Vec<_>>()[7..]));
+    expect_logs(
+        url,
+        &index,
+        &["--tail", "2", "-n", "shop"],
+        &lines(&all.iter().filter(|r| r.ns == "shop").cloned().collect::<Vec<_>>()[7..]),
+    );
     expect_logs(url, &index, &["--limit", "2"], &lines(&all[..2]));
     let (from, to) = (ts(t0 + TimeDelta::seconds(4)), ts(t0 + TimeDelta::seconds(6)));
-    expect_logs(url, &index, &["--since-time", &from, "--until", &to], &only(&|r| {
-        r.ts >= t0 + TimeDelta::seconds(4) && r.ts < t0 + TimeDelta::seconds(6)
-    }));
+    expect_logs(
+        url,
+        &index,
+        &["--since-time", &from, "--until", &to],
+        &only(&|r| r.ts >= t0 + TimeDelta::seconds(4) && r.ts < t0 + TimeDelta::seconds(6)),
+    );
     expect_logs(url, &index, &["--since", "1m"], "");
     expect_logs(url, &index, &["--since", "11m", "-n", "batch"], &only(&|r| r.ns == "batch"));
     // Output modes: raw keeps the multi-line record whole; timestamps in UTC or local time; wide; JSON.
     let trace = all.iter().find(|r| r.id == "g1-200").unwrap();
-    expect_logs(url, &index, &["web-0", "-o", "raw", "--stream", "stdout", "-q", "boom"], &format!("{}\n", trace.message));
-    expect_logs(url, &index, &["job-1", "--timestamps"], &format!("{} batch/job-1/main done\n", ts(t0 + TimeDelta::seconds(3))));
+    expect_logs(
+        url,
+        &index,
+        &["web-0", "-o", "raw", "--stream", "stdout", "-q", "boom"],
+        &format!("{}\n", trace.message),
+    );
+    expect_logs(
+        url,
+        &index,
+        &["job-1", "--timestamps"],
+        &format!("{} batch/job-1/main done\n", ts(t0 + TimeDelta::seconds(3))),
+    );
     let (code, out, err) = {
         let o = Command::new(BIN)
             .args(["logs", "--index", &index, "job-1", "--timestamps", "--local-time"])
@@ -230,19 +273,31 @@ async fn selections(search: &Search) {
             .env("TZ", "Asia/Kolkata")
             .output()
             .unwrap();
-        (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
     };
     let local = (t0 + TimeDelta::seconds(3))
         .with_timezone(&chrono::FixedOffset::east_opt(5 * 3600 + 1800).unwrap())
         .to_rfc3339_opts(SecondsFormat::AutoSi, false);
     assert_eq!((code, out), (Some(0), format!("{local} batch/job-1/main done\n")), "{err}");
     let g = all.iter().find(|r| r.id == "g5-10").unwrap();
-    expect_logs(url, &index, &["-o", "wide", "-n", "kube-system", "-q", "NXDOMAIN"],
-        &format!("{} node-2 kube-system/coredns-abc/coredns stdout NXDOMAIN\n", ts(g.ts)));
+    expect_logs(
+        url,
+        &index,
+        &["-o", "wide", "-n", "kube-system", "-q", "NXDOMAIN"],
+        &format!("{} node-2 kube-system/coredns-abc/coredns stdout NXDOMAIN\n", ts(g.ts)),
+    );
     let (code, out, _) = sluice(url, &["logs", "--index", &index, "-o", "json", "-n", "kube-system"]);
     assert_eq!(code, 0);
     let docs: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let want: Vec<Value> = all.iter().filter(|r| r.ns == "kube-system").map(|r| json!({"id": r.id, "index": index, "doc": r.doc()})).collect();
+    let want: Vec<Value> = all
+        .iter()
+        .filter(|r| r.ns == "kube-system")
+        .map(|r| json!({"id": r.id, "index": index, "doc": r.doc()}))
+        .collect();
     assert_eq!(docs, want);
 
     // Clear errors: bad selector, bad flags, missing index, unreachable Elasticsearch.
@@ -303,7 +358,9 @@ fn wait_for_line(rx: &mpsc::Receiver<String>, got: &mut Vec<String>, want: &str,
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(l) => got.push(l),
-            Err(e) => panic!("waiting for {what} (`{want}`): {e:?}; `sluice logs -f` printed so far:\n{}", got.join("\n")),
+            Err(e) => {
+                panic!("waiting for {what} (`{want}`): {e:?}; `sluice logs -f` printed so far:\n{}", got.join("\n"))
+            }
         }
     }
 }
@@ -336,7 +393,8 @@ async fn follow_case(search: &Search) {
     let at = |ms: i64| now + TimeDelta::milliseconds(ms);
     let mk = |id: &str, t: DateTime<Utc>, msg: &str| rec(id, t, "shop", "web-0", "nginx", "stdout", msg);
     // History: 12 records; `-f` shows the last 10.
-    let history: Vec<Rec> = (0..12).map(|i| mk(&format!("h-{i:02}"), at(-20_000 + i * 100), &format!("history {i}"))).collect();
+    let history: Vec<Rec> =
+        (0..12).map(|i| mk(&format!("h-{i:02}"), at(-20_000 + i * 100), &format!("history {i}"))).collect();
     bulk(search, &index, &history).await;
     let mut child = Command::new(BIN)
         .args(["logs", "-f", "--index", &index, "--poll", "200ms", "--follow-lag", "30s"])
@@ -462,20 +520,37 @@ async fn top_counts_match_the_seeded_records() {
     assert_eq!(t["rows"][0]["key"][0], "shop");
 
     // By pod, top 2: the two busiest pods, the rest in `other_lines`.
-    let (code, out, err) = sluice(&es.url, &["top", "--once", "-o", "json", "--by", "pod", "--top", "2", "--since", "15m", "--index", &index]);
+    let (code, out, err) = sluice(
+        &es.url,
+        &["top", "--once", "-o", "json", "--by", "pod", "--top", "2", "--since", "15m", "--index", &index],
+    );
     assert_eq!(code, 0, "{err}");
     let t: Value = serde_json::from_str(out.trim()).unwrap();
     let rows: Vec<(String, u64)> = t["rows"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (format!("{}/{}", r["key"][0].as_str().unwrap(), r["key"][1].as_str().unwrap()), r["lines"].as_u64().unwrap()))
+        .map(|r| {
+            (
+                format!("{}/{}", r["key"][0].as_str().unwrap(), r["key"][1].as_str().unwrap()),
+                r["lines"].as_u64().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(rows, vec![("shop/web-0".to_string(), count(&|r| r.pod == "web-0")), ("shop/db-0".to_string(), count(&|r| r.pod == "db-0"))]);
+    assert_eq!(
+        rows,
+        vec![
+            ("shop/web-0".to_string(), count(&|r| r.pod == "web-0")),
+            ("shop/db-0".to_string(), count(&|r| r.pod == "db-0"))
+        ]
+    );
     assert_eq!(t["other_lines"], all.len() as u64 - rows[0].1 - rows[1].1);
 
     // By container, within one namespace and a label selector; the table form.
-    let (code, out, err) = sluice(&es.url, &["top", "--once", "--by", "container", "-n", "shop", "-l", "app=db", "--since", "15m", "--index", &index]);
+    let (code, out, err) = sluice(
+        &es.url,
+        &["top", "--once", "--by", "container", "-n", "shop", "-l", "app=db", "--since", "15m", "--index", &index],
+    );
     assert_eq!(code, 0, "{err}");
     assert_eq!(row_lines(&out, "shop/db-0/postgres"), Some(count(&|r| r.container == "postgres")), "{out}");
     assert_eq!(row_lines(&out, "shop/db-0/exporter"), Some(1), "{out}");
@@ -523,7 +598,8 @@ async fn top_kafka_lag_matches_the_group() {
     produce(1, 7);
     produce(2, 9);
     // Commit as the group would: p0 fully consumed, p1 at 2, p2 never committed.
-    let consumer: BaseConsumer = kafka.client_config().set("group.id", &group).set("enable.auto.commit", "false").create().unwrap();
+    let consumer: BaseConsumer =
+        kafka.client_config().set("group.id", &group).set("enable.auto.commit", "false").create().unwrap();
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&topic, 0, Offset::Offset(5)).unwrap();
     tpl.add_partition_offset(&topic, 1, Offset::Offset(2)).unwrap();
@@ -534,7 +610,8 @@ async fn top_kafka_lag_matches_the_group() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let kafka_args = ["--kafka", "--brokers", &kafka.bootstrap, "--topic", &topic, "--group", &group, "--interval", "1s"];
+    let kafka_args =
+        ["--kafka", "--brokers", &kafka.bootstrap, "--topic", &topic, "--group", &group, "--interval", "1s"];
     let mut args = vec!["top", "--once", "-o", "json", "--index", &index];
     args.extend_from_slice(&kafka_args);
     let (code, out, err) = sluice(&es.url, &args);
@@ -601,7 +678,11 @@ async fn terminal_colours_and_ctrl_c() {
     let socket = unique_name("sluice-view-tmux");
     let tmux = |args: &[&str]| {
         let o = Command::new("tmux").args(["-L", &socket, "-f", "/dev/null"]).args(args).output().expect("tmux");
-        assert!(o.status.success() || args[0] == "kill-server", "tmux {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success() || args[0] == "kill-server",
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
     let run = |session: &str, flags: &str| {
@@ -627,7 +708,10 @@ async fn terminal_colours_and_ctrl_c() {
     for (pod, container) in [("web-0", "nginx"), ("db-0", "postgres")] {
         let colour = sluice_cli::output::pod_colour("shop", pod);
         let line = pane.lines().find(|l| l.contains(&format!("hello from {pod}"))).unwrap();
-        assert!(line.contains(&format!("\x1b[{colour}mshop/{pod}/{container}")), "{pod} not in colour {colour}: {line:?}");
+        assert!(
+            line.contains(&format!("\x1b[{colour}mshop/{pod}/{container}")),
+            "{pod} not in colour {colour}: {line:?}"
+        );
     }
     tmux(&["send-keys", "-t", "follow", "C-c"]);
     wait_pane("follow", "EXIT=130");
@@ -638,4 +722,42 @@ async fn terminal_colours_and_ctrl_c() {
     tmux(&["kill-server"]);
     delete_index(&es, &index).await;
     eprintln!("terminal: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// TLS with a private CA and basic auth, the indexer's flags and variables; wrong credentials and an
+/// unknown CA are clear errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_over_tls_with_credentials() {
+    let started = Instant::now();
+    let es = sluice_integration_tests::search_secured("viewer", "viewer-secret").await;
+    let index = unique_name("sluice-view-tls");
+    create_index(&es, &index).await;
+    let r = rec("tls-0", Utc::now() - TimeDelta::seconds(1), "shop", "web-0", "nginx", "stdout", "over tls");
+    let (status, answer) = es
+        .request(elasticsearch::http::Method::Put, &format!("/{index}/_create/{}?refresh=true", r.id), Some(r.doc()))
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, es.ca_pem.as_ref().unwrap()).unwrap();
+    let run = |password: &str, ca_file: Option<&std::path::Path>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["logs", "--index", &index, "--es-user", "viewer"])
+            .env("ELASTICSEARCH_URL", &es.url)
+            .env("SLUICE_ELASTICSEARCH__AUTH__PASSWORD", password);
+        if let Some(ca) = ca_file {
+            cmd.env("SLUICE_ELASTICSEARCH__TLS__CA_FILE", ca);
+        }
+        let o = cmd.output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (code, out, err) = run("viewer-secret", Some(&ca));
+    assert_eq!((code, out.as_str()), (Some(0), "shop/web-0/nginx over tls\n"), "{err}");
+    let (code, _, err) = run("wrong-password", Some(&ca));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("refused the credentials"), "{err}");
+    let (code, _, err) = run("viewer-secret", None);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("cannot reach Elasticsearch"), "{err}");
+    eprintln!("logs over TLS: {:.1} s", started.elapsed().as_secs_f64());
 }
