@@ -22,8 +22,8 @@ pub enum LagError {
         brokers: String,
         /// What was asked.
         what: String,
-        /// The cause.
-        source: rdkafka::error::KafkaError,
+        /// The cause (boxed: librdkafka's error is large).
+        source: Box<rdkafka::error::KafkaError>,
     },
     /// The topic does not exist.
     #[error("Kafka at {brokers}: topic `{topic}` does not exist (set --topic to the indexer's kafka.topic)")]
@@ -108,7 +108,7 @@ impl LagReader {
         let consumer = config.create().map_err(|source| LagError::Kafka {
             brokers: args.brokers.clone(),
             what: "creating the client".into(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(LagReader { consumer, args: args.clone() })
     }
@@ -116,7 +116,11 @@ impl LagReader {
     /// One sample (blocking: call from a blocking thread).
     pub fn sample(&self) -> Result<LagSample, LagError> {
         let (brokers, topic, timeout) = (&self.args.brokers, &self.args.topic, self.args.kafka_timeout);
-        let err = |what: &str, source| LagError::Kafka { brokers: brokers.clone(), what: what.into(), source };
+        let err = |what: &str, source| LagError::Kafka {
+            brokers: brokers.clone(),
+            what: what.into(),
+            source: Box::new(source),
+        };
         let metadata = self.consumer.fetch_metadata(Some(topic), timeout).map_err(|e| err("reading metadata", e))?;
         let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
             return Err(LagError::NoTopic { brokers: brokers.clone(), topic: topic.clone() });

@@ -749,7 +749,11 @@ async fn logs_over_tls_with_credentials() {
             cmd.env("SLUICE_ELASTICSEARCH__TLS__CA_FILE", ca);
         }
         let o = cmd.output().unwrap();
-        (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
     };
     let (code, out, err) = run("viewer-secret", Some(&ca));
     assert_eq!((code, out.as_str()), (Some(0), "shop/web-0/nginx over tls\n"), "{err}");
