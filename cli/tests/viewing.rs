@@ -723,4 +723,3 @@ async fn terminal_colours_and_ctrl_c() {
     delete_index(&es, &index).await;
     eprintln!("terminal: {:.1} s", started.elapsed().as_secs_f64());
 }
-
