@@ -44,7 +44,12 @@ fn env_u64(key: &str, default: u64) -> u64 {
 }
 
 fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Tunes a pipeline for speed rather than for fault tests: bigger batches, refresh 1 s.
@@ -79,7 +84,7 @@ struct Step {
 /// Phase 1: rates doubling from `BENCH_RAMP_START` until a step is not sustained.
 async fn ramp(p: &Pipeline) -> Vec<Step> {
     let step = Duration::from_secs(env_u64("BENCH_STEP_SECS", 20));
-    let mut rate = env_u64("BENCH_RAMP_START", 2000);
+    let mut rate = env_u64("BENCH_RAMP_START", 1000);
     let mut steps = Vec::new();
     loop {
         let manifest = p.tmp.path().join(format!("ramp-{rate}.json"));
@@ -170,7 +175,8 @@ async fn latency(p: &Pipeline, rate: u64, secs: u64) -> Vec<f64> {
                 for (i, s) in streams.iter().enumerate() {
                     let token = format!("#sl/{run}/{s}/{}", next[i]);
                     if message.contains(&token)
-                        && !message[message.find(&token).unwrap() + token.len()..].starts_with(|c: char| c.is_ascii_digit())
+                        && !message[message.find(&token).unwrap() + token.len()..]
+                            .starts_with(|c: char| c.is_ascii_digit())
                     {
                         samples.push((found_at - written).as_seconds_f64());
                         next[i] += EVERY;
@@ -213,7 +219,10 @@ async fn drain_with(p: &Pipeline, replicas: usize, total: u64) -> (f64, f64) {
     loop {
         let n: f64 = indexers
             .iter()
-            .map(|i| i.metric_sum("sluice_indexer_docs_total{outcome=\"indexed\"}") + i.metric_sum("sluice_indexer_docs_total{outcome=\"duplicate\"}"))
+            .map(|i| {
+                i.metric_sum("sluice_indexer_docs_total{outcome=\"indexed\"}")
+                    + i.metric_sum("sluice_indexer_docs_total{outcome=\"duplicate\"}")
+            })
             .sum();
         marks.push((Instant::now(), n));
         if n >= total as f64 || Instant::now() > deadline {
@@ -352,7 +361,10 @@ async fn fault_timeline(brokers: &str, rate: u64) -> (Vec<(f64, f64, f64)>, (f64
         if stopped_writing.is_some_and(|s| t > s + 10.0) || t > 400.0 {
             break;
         }
-        tokio::time::sleep(Duration::from_secs(1).saturating_sub(Duration::from_secs_f64(start.elapsed().as_secs_f64() - t))).await;
+        tokio::time::sleep(
+            Duration::from_secs(1).saturating_sub(Duration::from_secs_f64(start.elapsed().as_secs_f64() - t)),
+        )
+        .await;
     }
     lg.stop();
     drop((indexer, shipper));
@@ -396,9 +408,12 @@ fn plot_latency(out: &Path, text: bool, rows: &[(u64, [f64; 4])]) -> PlotResult 
     let colors = [BLUE, GREEN, RED, BLACK];
     for (k, name) in ["p50", "p90", "p99", "max"].iter().enumerate() {
         let color = colors[k];
-        let series = chart.draw_series(LineSeries::new(rows.iter().map(|r| (r.0 as f64, r.1[k])), color.stroke_width(2)))?;
+        let series =
+            chart.draw_series(LineSeries::new(rows.iter().map(|r| (r.0 as f64, r.1[k])), color.stroke_width(2)))?;
         if text {
-            series.label(*name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            series
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
         }
         chart.draw_series(rows.iter().map(|r| Circle::new((r.0 as f64, r.1[k]), 4, color.filled())))?;
     }
@@ -423,19 +438,24 @@ fn plot_scaling(out: &Path, text: bool, bars: &[(&str, f64)]) -> PlotResult {
     let mut mesh = chart.configure_mesh();
     mesh.disable_x_mesh();
     if text {
-        mesh.y_desc("docs/s")
-            .x_labels(bars.len() * 2 + 1)
-            .x_label_formatter(&|x| {
-                let i = (x - 0.5).round();
-                if (x - 0.5 - i).abs() < 0.01 && i >= 0.0 { names.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
-            });
+        mesh.y_desc("docs/s").x_labels(bars.len() * 2 + 1).x_label_formatter(&|x| {
+            let i = (x - 0.5).round();
+            if (x - 0.5 - i).abs() < 0.01 && i >= 0.0 {
+                names.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        });
     } else {
         mesh.x_labels(0).y_labels(0);
     }
     mesh.draw()?;
     chart.draw_series(bars.iter().enumerate().map(|(i, b)| {
         let color = if b.0.contains("bulk") { RED.mix(0.7) } else { BLUE.mix(0.7) };
-        Rectangle::new([(i as f64 + 0.15, 0.0), (i as f64 + 0.85, if b.1.is_finite() { b.1 } else { 0.0 })], color.filled())
+        Rectangle::new(
+            [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, if b.1.is_finite() { b.1 } else { 0.0 })],
+            color.filled(),
+        )
     }))?;
     root.present()?;
     Ok(())
@@ -446,7 +466,9 @@ fn plot_fault(out: &Path, text: bool, points: &[(f64, f64, f64)], window: (f64, 
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(350);
     let tmax = points.last().map_or(1.0, |p| p.0);
-    for (area, k, title, color) in [(&top, 1, "documents indexed per second", BLUE), (&bottom, 2, "Kafka consumer lag (records)", RED)] {
+    for (area, k, title, color) in
+        [(&top, 1, "documents indexed per second", BLUE), (&bottom, 2, "Kafka consumer lag (records)", RED)]
+    {
         let value = |p: &(f64, f64, f64)| if k == 1 { p.1 } else { p.2 };
         let ymax = points.iter().map(value).filter(|v| v.is_finite()).fold(1.0f64, f64::max) * 1.1;
         let mut b = ChartBuilder::on(area);
@@ -462,8 +484,14 @@ fn plot_fault(out: &Path, text: bool, points: &[(f64, f64, f64)], window: (f64, 
             mesh.x_labels(0).y_labels(0);
         }
         mesh.draw()?;
-        chart.draw_series(std::iter::once(Rectangle::new([(window.0, 0.0), (window.1, ymax)], RGBColor(255, 220, 220).filled())))?;
-        chart.draw_series(LineSeries::new(points.iter().filter(|p| value(p).is_finite()).map(|p| (p.0, value(p))), color.stroke_width(2)))?;
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(window.0, 0.0), (window.1, ymax)],
+            RGBColor(255, 220, 220).filled(),
+        )))?;
+        chart.draw_series(LineSeries::new(
+            points.iter().filter(|p| value(p).is_finite()).map(|p| (p.0, value(p))),
+            color.stroke_width(2),
+        ))?;
     }
     root.present()?;
     Ok(())
@@ -495,7 +523,11 @@ async fn main() {
     for s in &steps {
         md.push_str(&format!(
             "| {} | {:.0} | {} | {} | {} |\n",
-            s.rate, s.achieved, s.backlog_mid, s.backlog_end, if s.sustained { "yes" } else { "**no**" }
+            s.rate,
+            s.achieved,
+            s.backlog_mid,
+            s.backlog_end,
+            if s.sustained { "yes" } else { "**no**" }
         ));
     }
     md.push_str(&format!("\n**maximum sustained rate: {max} lines/s** (load {})\n\n", load()));
@@ -507,7 +539,14 @@ async fn main() {
         let mut s = latency(&p, rate, secs).await;
         s.sort_by(f64::total_cmp);
         let q = [percentile(&s, 0.5), percentile(&s, 0.9), percentile(&s, 0.99), s.last().copied().unwrap_or(f64::NAN)];
-        eprintln!("[e2e] latency at {pct} % ({rate}/s): {} samples, p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}", s.len(), q[0], q[1], q[2], q[3]);
+        eprintln!(
+            "[e2e] latency at {pct} % ({rate}/s): {} samples, p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
+            s.len(),
+            q[0],
+            q[1],
+            q[2],
+            q[3]
+        );
         md.push_str(&format!(
             "| {pct} % | {rate} | {} | {:.2} s | {:.2} s | {:.2} s | {:.2} s |\n",
             s.len(),
@@ -542,8 +581,14 @@ async fn main() {
     md.push_str(&format!("\n| drained by | docs/s (5–95 %) | of raw _bulk | indexer CPU s |\n|---|---|---|---|\n| raw `_bulk`, concurrency 4 | {ceiling:.0} | 100 % | – |\n"));
     for replicas in 1..=3 {
         let (rate, cpu) = drain_with(&s, replicas, total).await;
-        eprintln!("[e2e] {replicas} replica(s): {rate:.0} docs/s, ceiling {ceiling:.0}, cpu {cpu:.1} s (load {})", load());
-        md.push_str(&format!("| {replicas} indexer replica(s) | {rate:.0} | {:.0} % | {cpu:.1} |\n", 100.0 * rate / ceiling));
+        eprintln!(
+            "[e2e] {replicas} replica(s): {rate:.0} docs/s, ceiling {ceiling:.0}, cpu {cpu:.1} s (load {})",
+            load()
+        );
+        md.push_str(&format!(
+            "| {replicas} indexer replica(s) | {rate:.0} | {:.0} % | {cpu:.1} |\n",
+            100.0 * rate / ceiling
+        ));
         bars.push((["1 replica", "2 replicas", "3 replicas"][replicas - 1], rate));
     }
     bars.push(("raw _bulk", ceiling));
@@ -561,6 +606,10 @@ async fn main() {
         max / 2,
         points.last().map_or(0.0, |p| p.0)
     ));
-    md.push_str(&format!("\nload average at end: {}; bench wall time {:.0} s\n", load(), started.elapsed().as_secs_f64()));
+    md.push_str(&format!(
+        "\nload average at end: {}; bench wall time {:.0} s\n",
+        load(),
+        started.elapsed().as_secs_f64()
+    ));
     println!("{md}");
 }

@@ -129,7 +129,8 @@ impl Kafka {
     /// Starts the broker container again after [`Kafka::stop`] and waits until it answers.
     pub async fn start(&self) {
         self.container.as_ref().expect("start() needs kafka_dedicated()").start().await.expect("start kafka");
-        wait_for_kafka(&self.bootstrap, Duration::from_secs(90)).await;
+        // Generous: a JVM restarting on a loaded 2-core machine has been seen to take over 90 s.
+        wait_for_kafka(&self.bootstrap, Duration::from_secs(240)).await;
     }
 }
 
@@ -191,7 +192,10 @@ pub async fn kafka_cluster(nodes: usize) -> Vec<Kafka> {
             .with_env_var("CLUSTER_ID", cluster_id.clone())
             .with_env_var("KAFKA_NODE_ID", (i + 1).to_string())
             .with_env_var("KAFKA_PROCESS_ROLES", "broker,controller")
-            .with_env_var("KAFKA_LISTENERS", format!("PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}"))
+            .with_env_var(
+                "KAFKA_LISTENERS",
+                format!("PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}"),
+            )
             .with_env_var("KAFKA_ADVERTISED_LISTENERS", format!("PLAINTEXT://127.0.0.1:{port}"))
             .with_env_var("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
             .with_env_var("KAFKA_INTER_BROKER_LISTENER_NAME", "PLAINTEXT")
@@ -358,7 +362,7 @@ impl Search {
     /// Starts the node container again after [`Search::stop`] and waits for green/yellow health.
     pub async fn start(&self) {
         self.container.as_ref().expect("start() needs search_dedicated()").start().await.expect("start search");
-        wait_for_client(&self.client(), &self.url, Duration::from_secs(120)).await;
+        wait_for_client(&self.client(), &self.url, Duration::from_secs(300)).await;
     }
 }
 

@@ -48,12 +48,7 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// Polls `probe` every 200 ms until it returns `Some`, or panics after `timeout` with `what` and
 /// the pipeline's state (which side stalled).
-pub async fn wait_for<T>(
-    p: &Pipeline,
-    what: &str,
-    timeout: Duration,
-    mut probe: impl AsyncFnMut() -> Option<T>,
-) -> T {
+pub async fn wait_for<T>(p: &Pipeline, what: &str, timeout: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = probe().await {
@@ -200,8 +195,13 @@ metrics:
             .arg(format!("--run-id={run_id}"))
             .arg(format!("--rate={rate}"))
             .arg(format!("--rotate-bytes={rotate_bytes}"))
-            .args(["--pods=4", "--containers=2", "--format=mixed", "--keep-files=30", "--partial-every=400"])
-            .args(["--multiline-every=150", "--manifest-interval=500ms", "--progress=never"])
+            .args(["--pods=4", "--containers=2", "--format=mixed", "--manifest-interval=500ms", "--progress=never"])
+            .args(
+                ["--keep-files=30", "--partial-every=400", "--multiline-every=150"]
+                    .into_iter()
+                    // An option given in `extra` replaces the default (clap refuses it twice).
+                    .filter(|d| !extra.iter().any(|e| e.split('=').next() == d.split('=').next())),
+            )
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
@@ -218,7 +218,7 @@ metrics:
             .arg(format!("--manifest={}", self.manifest.display()))
             .arg(format!("--es-url={}", self.search.url))
             .arg(format!("--index={}", self.names.indices()))
-            .args(["--wait", "--timeout=300s", "--stable-for=90s", "--poll=1s", "--json", "--strict"])
+            .args(["--wait", "--timeout=600s", "--stable-for=120s", "--poll=1s", "--json", "--strict"])
             .stderr(Stdio::null())
             .output()
             .expect("run sluice verify");
@@ -335,9 +335,10 @@ metrics:
 }
 
 fn manifest_totals(path: &Path) -> Value {
-    std::fs::read(path).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()).map_or(Value::Null, |m| {
-        m["totals"].clone()
-    })
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .map_or(Value::Null, |m| m["totals"].clone())
 }
 
 /// A running `sluice loadgen`; SIGTERM ends it with a finished manifest.
