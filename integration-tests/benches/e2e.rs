@@ -263,7 +263,9 @@ async fn bulk_ceiling(p: &Pipeline, total: u64) -> f64 {
         .set("enable.auto.commit", "false")
         .clone();
     let topic = p.names.topic.clone();
-    let index = format!("{}-bulk", p.names.index);
+    // Matches the pipeline's template (`<index>-*.*.*`): the same mapping as the indexer's indices.
+    let index = format!("{}-bulk.0.0", p.names.index);
+    let target = index.clone();
     let bodies = tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = config.create().expect("consumer");
         consumer.subscribe(&[&topic]).expect("subscribe");
@@ -276,7 +278,7 @@ async fn bulk_ceiling(p: &Pipeline, total: u64) -> f64 {
                 .and_then(|h| h.iter().find(|h| h.key == "sluice.id").and_then(|h| h.value))
                 .map(|v| String::from_utf8_lossy(v).into_owned())
                 .unwrap_or_default();
-            body.push_str(&format!("{{\"create\":{{\"_index\":\"{index}\",\"_id\":\"{id}\"}}}}\n"));
+            body.push_str(&format!("{{\"create\":{{\"_index\":\"{target}\",\"_id\":\"{id}\"}}}}\n"));
             body.push_str(&String::from_utf8_lossy(m.payload().unwrap_or_default()).replace('\n', " "));
             body.push('\n');
             docs += 1;
@@ -435,17 +437,19 @@ fn plot_scaling(out: &Path, text: bool, bars: &[(&str, f64)]) -> PlotResult {
     }
     let mut chart = b.build_cartesian_2d(0f64..bars.len() as f64, 0f64..ymax)?;
     let names: Vec<String> = bars.iter().map(|b| b.0.to_owned()).collect();
+    // Bars sit at i + 0.5; only those ticks get a name.
+    let label = |x: &f64| {
+        let i = (x - 0.5).round();
+        if (x - 0.5 - i).abs() < 0.01 && i >= 0.0 {
+            names.get(i as usize).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
     let mut mesh = chart.configure_mesh();
     mesh.disable_x_mesh();
     if text {
-        mesh.y_desc("docs/s").x_labels(bars.len() * 2 + 1).x_label_formatter(&|x| {
-            let i = (x - 0.5).round();
-            if (x - 0.5 - i).abs() < 0.01 && i >= 0.0 {
-                names.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        });
+        mesh.y_desc("docs/s").x_labels(bars.len() * 2 + 1).x_label_formatter(&label);
     } else {
         mesh.x_labels(0).y_labels(0);
     }

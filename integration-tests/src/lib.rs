@@ -362,7 +362,8 @@ impl Search {
     /// Starts the node container again after [`Search::stop`] and waits for green/yellow health.
     pub async fn start(&self) {
         self.container.as_ref().expect("start() needs search_dedicated()").start().await.expect("start search");
-        wait_for_client(&self.client(), &self.url, Duration::from_secs(300)).await;
+        // Shard recovery after a restart took over 5 min at a load average of 60–110 on 2 cores.
+        wait_for_client(&self.client(), &self.url, Duration::from_secs(600)).await;
     }
 }
 

@@ -275,11 +275,11 @@ async fn row5_one_of_two_elasticsearch_nodes_killed() {
     let mut lg = p.loadgen(RATE, ROTATE, &[]);
     let before = es_reaches(&p, 2000, "indexing before the kill").await;
     // Every shard has its replica, and the victim holds copies (primaries or replicas).
-    let health =
-        es_get(&survivor.url, &format!("/_cluster/health/{}?wait_for_status=green&timeout=60s", p.names.indices()))
-            .await
-            .expect("health");
-    assert_eq!(health["status"], "green", "[row5] {health}");
+    let health_path = format!("/_cluster/health/{}?wait_for_status=green&timeout=5s", p.names.indices());
+    wait_for(&p, "the row's indices green (replicas allocated)", Duration::from_secs(180), async || {
+        es_get(&survivor.url, &health_path).await.filter(|h| h["status"] == "green")
+    })
+    .await;
     let shards = es_get(&survivor.url, &format!("/_cat/shards/{}?format=json&h=prirep,node", p.names.indices()))
         .await
         .expect("shards");
