@@ -210,7 +210,7 @@ pub async fn kafka_cluster(nodes: usize) -> Vec<Kafka> {
             .with_env_var("KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR", min_isr)
             .with_env_var("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
             .with_env_var("KAFKA_HEAP_OPTS", "-Xmx384m -Xms128m")
-            .with_startup_timeout(Duration::from_secs(240))
+            .with_startup_timeout(Duration::from_secs(480))
             .start()
     });
     // All at once: a node reports "started" only once the controller quorum has a majority.
@@ -408,14 +408,15 @@ pub async fn search_dedicated(flavor: Flavor, settings: &[(&str, &str)]) -> Sear
         .with_env_var("http.port", http.to_string())
         .with_env_var("transport.port", transport.to_string())
         .with_env_var(java_opts, "-Xms512m -Xmx512m")
-        .with_startup_timeout(Duration::from_secs(240));
+        // Generous: at a load average near 100 on 2 cores a node took over 4 min to start.
+        .with_startup_timeout(Duration::from_secs(600));
     for (key, value) in settings {
         request = request.with_env_var(*key, *value);
     }
     let container =
         request.start().await.unwrap_or_else(|err| panic!("cannot start {flavor:?} container: {err}\n{HOW_TO_START}"));
     let url = format!("http://127.0.0.1:{http}");
-    let seen = wait_for_search(&url, Duration::from_secs(120)).await;
+    let seen = wait_for_search(&url, Duration::from_secs(300)).await;
     assert_eq!(seen, flavor, "the image at {url} is not {flavor:?}");
     Search { url, flavor, credentials: None, ca_pem: None, container: Some(container) }
 }
@@ -474,7 +475,7 @@ pub async fn search_cluster(nodes: usize) -> Vec<Search> {
             .with_env_var("transport.port", transport.to_string())
             .with_env_var("discovery.seed_hosts", seeds.clone())
             .with_env_var("ES_JAVA_OPTS", "-Xms512m -Xmx512m")
-            .with_startup_timeout(Duration::from_secs(240));
+            .with_startup_timeout(Duration::from_secs(600));
         request = if i == 0 {
             request.with_env_var("cluster.initial_master_nodes", format!("{cluster}-0"))
         } else {
@@ -495,7 +496,7 @@ pub async fn search_cluster(nodes: usize) -> Vec<Search> {
             container: Some(container),
         });
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let health = get_json(&out[0].client(), "/_cluster/health").await;
         if health.as_ref().and_then(|h| h["number_of_nodes"].as_u64()) == Some(nodes as u64) {
