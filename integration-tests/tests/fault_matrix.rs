@@ -370,10 +370,11 @@ async fn row7_rotation_every_second_while_kafka_is_down_for_10s() {
     let mut shipper = p.shipper();
     // ~37 records/s per container of ~140 bytes: a 5 KiB live file rotates about every second;
     // older rotated ones are gzipped.
-    // 120 files kept: the kubelet deletes rotated files the shipper has not opened yet once more
-    // than containerLogMaxFiles exist, so they must cover the outage plus the catch-up (2 min at
-    // one rotation per second); fewer would lose lines by design (`deleted_unread`, docs/shipper.md).
-    let mut lg = p.loadgen(RATE, 5 * 1024, &["--keep-files=120"]);
+    // 600 files kept: the kubelet deletes rotated files the shipper has not opened yet once more
+    // than containerLogMaxFiles exist, so they must cover the outage plus the catch-up (10 min at
+    // one rotation per second: restarting the broker alone took 2 min at a load average of ~100);
+    // fewer would lose lines by design (`deleted_unread`, docs/shipper.md).
+    let mut lg = p.loadgen(RATE, 5 * 1024, &["--keep-files=600"]);
     let before = kafka_reaches(&p, 2000, "progress before the outage").await;
     let rotations = p.rotations();
     kafka.stop().await;
