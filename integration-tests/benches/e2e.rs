@@ -562,6 +562,9 @@ async fn main() {
         rows.push((rate, q));
     }
     plot_latency(&out.join("e2e-latency.png"), text, &rows).expect("latency plot");
+    // Each phase's figures as soon as they exist: a later phase failing keeps them.
+    println!("{md}");
+    md.clear();
     drop((indexer, shipper));
     p.cleanup().await;
 
@@ -597,6 +600,8 @@ async fn main() {
     }
     bars.push(("raw _bulk", ceiling));
     plot_scaling(&out.join("e2e-scaling.png"), text, &bars).expect("scaling plot");
+    println!("{md}");
+    md.clear();
     s.cleanup().await;
 
     // 4: Elasticsearch down for 30 s at half the maximum rate.
