@@ -301,6 +301,167 @@ pub fn sanitize_label_key(key: &str) -> Cow<'_, str> {
     if key.contains('.') { Cow::Owned(key.replace('.', "_")) } else { Cow::Borrowed(key) }
 }
 
+/// The per-file parts of a [`Document`], rendered once, and the writer of each record's document.
+///
+/// A document is, in this order: `@timestamp`, `message`, `stream` (per record), `log.file` (per
+/// file), `log.offset` (per record), `kubernetes`, `container`, `host`, `agent` (per file and pod
+/// metadata), `tags` (the record's, then the frame's). [`DocumentFrame::write`] writes exactly the
+/// bytes `serde_json::to_writer(&document)` writes (the tests compare both on generated documents),
+/// without building a [`Document`] per record: the per-file parts are serialised once by the derived
+/// `Serialize` of their schema types, only the top-level field order is written by hand here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentFrame {
+    /// Per stream: `","stream":"<stream>","log":{"file":{"path":"<path>"},"offset":`.
+    middle: [Vec<u8>; 2],
+    /// `},"kubernetes":{…}[,"container":{…}],"host":{…},"agent":{…}`.
+    tail: Vec<u8>,
+    /// Tags written after the record's own (e.g. [`tag::METADATA_FROM_PATH`]).
+    tags: Vec<String>,
+}
+
+/// The per-record fields of a document, for [`DocumentFrame::write`].
+#[derive(Debug, Clone, Copy)]
+pub struct RecordFields<'a> {
+    /// `@timestamp`.
+    pub timestamp: &'a str,
+    /// `message`.
+    pub message: &'a str,
+    /// `stream`.
+    pub stream: Stream,
+    /// `log.offset`.
+    pub offset: u64,
+}
+
+impl DocumentFrame {
+    /// The frame of the documents of `template`'s file: its `log.file`, `kubernetes`, `container`,
+    /// `host`, `agent` and `tags` (written after each record's own tags). `@timestamp`, `message`,
+    /// `stream` and `log.offset` of the template are ignored.
+    pub fn new(template: &Document<'_>) -> Self {
+        let middle = [Stream::Stdout, Stream::Stderr].map(|stream| {
+            let mut m = Vec::with_capacity(64 + template.log.file.path.len());
+            m.extend_from_slice(b"\",\"stream\":");
+            json(&mut m, &stream);
+            m.extend_from_slice(b",\"log\":{\"file\":");
+            json(&mut m, &template.log.file);
+            m.extend_from_slice(b",\"offset\":");
+            m
+        });
+        let mut tail = Vec::with_capacity(256);
+        tail.extend_from_slice(b"},\"kubernetes\":");
+        json(&mut tail, &template.kubernetes);
+        if let Some(container) = &template.container {
+            tail.extend_from_slice(b",\"container\":");
+            json(&mut tail, container);
+        }
+        tail.extend_from_slice(b",\"host\":");
+        json(&mut tail, &template.host);
+        tail.extend_from_slice(b",\"agent\":");
+        json(&mut tail, &template.agent);
+        DocumentFrame { middle, tail, tags: template.tags.iter().map(|t| t.clone().into_owned()).collect() }
+    }
+
+    /// Appends the document of one record to `out`: `record`'s fields, this frame's, and the tags
+    /// `tags` followed by the frame's own.
+    pub fn write<'t>(&self, out: &mut Vec<u8>, record: &RecordFields<'_>, tags: impl IntoIterator<Item = &'t str>) {
+        out.reserve(self.tail.len() + record.message.len() + 128);
+        out.extend_from_slice(b"{\"@timestamp\":\"");
+        escape_json_str(out, record.timestamp);
+        out.extend_from_slice(b"\",\"message\":\"");
+        escape_json_str(out, record.message);
+        let middle = match record.stream {
+            Stream::Stdout => &self.middle[0],
+            Stream::Stderr => &self.middle[1],
+        };
+        out.extend_from_slice(middle);
+        out.extend_from_slice(itoa::Buffer::new().format(record.offset).as_bytes());
+        out.extend_from_slice(&self.tail);
+        let mut first = true;
+        for t in tags.into_iter().chain(self.tags.iter().map(String::as_str)) {
+            out.extend_from_slice(if first { b",\"tags\":[\"" } else { b",\"" });
+            first = false;
+            escape_json_str(out, t);
+            out.push(b'"');
+        }
+        if !first {
+            out.push(b']');
+        }
+        out.push(b'}');
+    }
+}
+
+/// Appends `value` as JSON (the derived `Serialize`, as inside a whole document).
+fn json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    serde_json::to_writer(out, value).expect("serialising to a Vec cannot fail");
+}
+
+/// Appends `s` to `out` as the inside of a JSON string, escaped exactly as `serde_json` escapes
+/// strings: `"` and `\` with a backslash, `\b \t \n \f \r` by name, other bytes below 0x20 as
+/// `\u00XX` (lowercase hex), everything else (DEL, non-ASCII) as is.
+///
+/// Hand-rolled because it is the hottest loop of the shipper (issue #16: serde_json looks every
+/// byte up in a table; 46 % of the read path's time): this copies whole runs of bytes that need no
+/// escape, finding the next byte that does 8 bytes at a time (SWAR on a `u64`; the workspace
+/// denies `unsafe`, so no SIMD intrinsics). The tests compare it with serde_json on arbitrary strings.
+pub fn escape_json_str(out: &mut Vec<u8>, s: &str) {
+    let b = s.as_bytes();
+    let (mut run, mut i) = (0, 0);
+    loop {
+        let at = match b.get(i..i + 8) {
+            Some(word) => {
+                let m = escape_mask(u64::from_le_bytes(word.try_into().expect("8 bytes")));
+                if m == 0 {
+                    i += 8;
+                    continue;
+                }
+                // The lowest flagged byte is exact (see `escape_mask`).
+                i + (m.trailing_zeros() / 8) as usize
+            }
+            None => match b[i..].iter().position(|&c| c < 0x20 || c == b'"' || c == b'\\') {
+                Some(p) => i + p,
+                None => break,
+            },
+        };
+        out.extend_from_slice(&b[run..at]);
+        write_escape(out, b[at]);
+        i = at + 1;
+        run = i;
+    }
+    out.extend_from_slice(&b[run..]);
+}
+
+/// The high bit of each byte of `w` (little-endian) that needs escaping, plus possibly some bytes
+/// *after* a flagged one (the borrow of the subtraction tricks), so the lowest set bit is exact.
+#[inline(always)]
+fn escape_mask(w: u64) -> u64 {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let control = w.wrapping_sub(LO * 0x20) & !w;
+    let q = w ^ (LO * u64::from(b'"'));
+    let quote = q.wrapping_sub(LO) & !q;
+    let s = w ^ (LO * u64::from(b'\\'));
+    let backslash = s.wrapping_sub(LO) & !s;
+    (control | quote | backslash) & HI
+}
+
+#[cold]
+fn write_escape(out: &mut Vec<u8>, c: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let short = match c {
+        b'"' => b'"',
+        b'\\' => b'\\',
+        b'\n' => b'n',
+        b'\r' => b'r',
+        b'\t' => b't',
+        0x08 => b'b',
+        0x0c => b'f',
+        _ => {
+            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(c >> 4)], HEX[usize::from(c & 0xf)]]);
+            return;
+        }
+    };
+    out.extend_from_slice(&[b'\\', short]);
+}
+
 /// The Kafka headers of one record (contract version 1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Headers<'a> {
