@@ -614,6 +614,114 @@ mod tests {
         assert_eq!(again, golden);
     }
 
+    /// serde_json's compact serialisation of a string, without the quotes.
+    fn serde_escaped(s: &str) -> Vec<u8> {
+        let v = serde_json::to_vec(s).unwrap();
+        v[1..v.len() - 1].to_vec()
+    }
+
+    #[test]
+    fn escaping_matches_serde_json_for_every_ascii_byte_at_every_position() {
+        for c in 0u8..0x80 {
+            for pos in 0..20 {
+                for len in [pos + 1, pos + 9, 24] {
+                    let mut s = vec![b'a'; len.max(pos + 1)];
+                    s[pos] = c;
+                    let s = String::from_utf8(s).unwrap();
+                    let mut out = Vec::new();
+                    escape_json_str(&mut out, &s);
+                    assert_eq!(out, serde_escaped(&s), "byte {c:#x} at {pos} of {}", s.len());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        escape_json_str(&mut out, "");
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn golden_document_is_written_identically_by_the_frame() {
+        let golden = include_str!("../../docs/golden-document.json").trim();
+        let doc: Document = serde_json::from_str(golden).unwrap();
+        let frame = DocumentFrame::new(&Document { tags: Vec::new(), ..doc.clone() });
+        let mut out = Vec::new();
+        let fields =
+            RecordFields { timestamp: &doc.timestamp, message: &doc.message, stream: doc.stream, offset: doc.log.offset };
+        frame.write(&mut out, &fields, doc.tags.iter().map(|t| &**t));
+        assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&doc).unwrap());
+    }
+
+    fn text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![any::<String>(), "[\\x00-\\x1f\"\\\\a-z \u{7f}\u{e9}\u{1F600}]{0,40}", Just(String::new())]
+    }
+
+    fn map() -> impl proptest::strategy::Strategy<Value = StrMap> {
+        proptest::collection::btree_map(text(), text(), 0..3)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn escaping_matches_serde_json(s in text()) {
+            let mut out = b"x".to_vec();
+            escape_json_str(&mut out, &s);
+            proptest::prop_assert_eq!(&out[1..], &serde_escaped(&s)[..]);
+        }
+
+        /// Every optional part present or absent, every string arbitrary: the frame writes what
+        /// serde writes for the whole document.
+        #[test]
+        fn frame_writes_what_serde_writes(
+            strings in proptest::collection::vec(text(), 16),
+            maps in (map(), map(), map()),
+            offset in proptest::prelude::any::<u64>(),
+            stderr in proptest::prelude::any::<bool>(),
+            opts in proptest::prelude::any::<u16>(),
+            restart in proptest::prelude::any::<u32>(),
+            record_tags in proptest::collection::vec(text(), 0..3),
+            frame_tags in proptest::collection::vec(text(), 0..2),
+        ) {
+            let s = |i: usize| Cow::Borrowed(strings[i].as_str());
+            let on = |bit: u16| opts & (1 << bit) != 0;
+            let template = Document {
+                timestamp: "ignored".into(),
+                message: "ignored".into(),
+                stream: Stream::Stdout,
+                log: Log { file: LogFile { path: s(0) }, offset: 0 },
+                kubernetes: Kubernetes {
+                    namespace: s(1),
+                    pod: Pod { name: s(2), uid: s(3) },
+                    container: KubernetesContainer { name: s(4), restart_count: on(0).then_some(restart) },
+                    node: Name { name: s(5) },
+                    owner: on(1).then(|| Owner { kind: s(6), name: s(7) }),
+                    labels: Cow::Owned(maps.0.clone()),
+                    annotations: Cow::Owned(maps.1.clone()),
+                    namespace_labels: Cow::Borrowed(&maps.2),
+                },
+                container: on(2).then(|| Container {
+                    id: on(3).then(|| s(8)),
+                    image: on(4).then(|| Image { name: s(9), id: on(5).then(|| s(10)) }),
+                    runtime: on(6).then(|| s(11)),
+                }),
+                host: Host { name: s(12) },
+                agent: if on(7) { Agent::default() } else { Agent { kind: s(13), version: s(14) } },
+                tags: frame_tags.iter().map(|t| Cow::Borrowed(t.as_str())).collect(),
+            };
+            let frame = DocumentFrame::new(&template);
+            let stream = if stderr { Stream::Stderr } else { Stream::Stdout };
+            let mut got = Vec::new();
+            let fields = RecordFields { timestamp: &strings[15], message: &strings[0], stream, offset };
+            frame.write(&mut got, &fields, record_tags.iter().map(String::as_str));
+            let mut doc = template.clone();
+            doc.timestamp = s(15);
+            doc.message = s(0);
+            doc.stream = stream;
+            doc.log.offset = offset;
+            doc.tags = record_tags.iter().chain(&frame_tags).map(|t| Cow::Borrowed(t.as_str())).collect();
+            proptest::prop_assert_eq!(got, serde_json::to_vec(&doc).unwrap());
+        }
+    }
+
     #[test]
     fn unknown_document_fields_are_rejected() {
         let mut value = serde_json::to_value(sample()).unwrap();
