@@ -376,12 +376,14 @@ impl DocumentFrame {
         out.extend_from_slice(itoa::Buffer::new().format(record.offset).as_bytes());
         out.extend_from_slice(&self.tail);
         let mut first = true;
-        for t in tags.into_iter().chain(self.tags.iter().map(String::as_str)) {
+        let mut tag = |t: &str| {
             out.extend_from_slice(if first { b",\"tags\":[\"" } else { b",\"" });
             first = false;
             escape_json_str(out, t);
             out.push(b'"');
-        }
+        };
+        tags.into_iter().for_each(&mut tag);
+        self.tags.iter().for_each(|t| tag(t));
         if !first {
             out.push(b']');
         }
