@@ -647,8 +647,12 @@ mod tests {
         let doc: Document = serde_json::from_str(golden).unwrap();
         let frame = DocumentFrame::new(&Document { tags: Vec::new(), ..doc.clone() });
         let mut out = Vec::new();
-        let fields =
-            RecordFields { timestamp: &doc.timestamp, message: &doc.message, stream: doc.stream, offset: doc.log.offset };
+        let fields = RecordFields {
+            timestamp: &doc.timestamp,
+            message: &doc.message,
+            stream: doc.stream,
+            offset: doc.log.offset,
+        };
         frame.write(&mut out, &fields, doc.tags.iter().map(|t| &**t));
         assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&doc).unwrap());
     }
