@@ -94,7 +94,7 @@ impl<O: Output> Chain<'_, O> {
         // Routing (the index date) must follow from the bytes on disk: a message without a readable
         // timestamp takes the last readable one before it in the file; with none, an empty timestamp
         // tells the pipeline to use the generation's pinned date. Tagged and counted either way.
-        if timestamp::parse(&m.timestamp).is_none() {
+        if !timestamp::is_valid(&m.timestamp) {
             if !m.tags.contains(Tags::PARSE_ERROR) {
                 m.tags.insert(Tags::PARSE_ERROR);
                 self.out.parse_error(ParseError::Timestamp);
@@ -359,7 +359,7 @@ impl LineProcessor {
 
 /// Whether a parsed line's timestamp is readable (CRI timestamps are validated by the parser).
 fn readable(format: Format, frag: &Fragment<'_>) -> bool {
-    format == Format::Cri || timestamp::parse(&frag.timestamp).is_some()
+    format == Format::Cri || timestamp::is_valid(&frag.timestamp)
 }
 
 /// The readable timestamp of one physical line, if any.
