@@ -197,7 +197,7 @@ async fn chart_lints_renders_and_every_values_combination_validates_server_side(
     refused(&["indexer.replica=3"], "additional properties 'replica' not allowed");
     refused(&["kafka.enabled=false"], "needs externalKafka.brokers");
     refused(&["kafkaClient.sasl.enabled=true"], "needs kafkaClient.sasl.secret.name");
-    refused(&["externalKafka.brokers={not-a-host-port}"], "externalKafka.brokers");
+    refused(&["externalKafka.brokers={not-a-host-port}"], "/externalKafka/brokers/0");
     // The server refuses what the schema cannot see: a broken selector would be caught here.
     let broken = chart.template("sluice", "logging", &[], &["--set", "shipper.updateStrategy.type=Sideways"]).ok();
     let applied = chart.kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&broken));

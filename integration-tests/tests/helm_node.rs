@@ -11,7 +11,7 @@
 //! replicas (the consumer group rebalances) — and still 0 lost, 0 duplicated.
 //!
 //! Kafka and Elasticsearch are private containers listening on the node's host address
-//! (`SLUICE_K8S_HOST_IP`, a dummy interface made by the script): pods on the pod network reach it,
+//! (`SLUICE_K8S_HOST_IP`, an address the script adds to `lo`): pods on the pod network reach it,
 //! 127.0.0.1 would be their own. The shipper runs with `hostNetwork` (it reaches the apiserver
 //! through the `kubernetes` Service IP, DNATed by the script); the indexers on the pod network,
 //! so three replicas fit on one node.
