@@ -298,7 +298,9 @@ async fn helm_install_upgrade_and_uninstall_on_a_real_apiserver() {
 
     // The shipper's ServiceAccount may get/list/watch pods, and nothing more.
     let can_i = |verb: &str, resource: &str, extra: &[&str]| -> bool {
-        let mut args = vec!["auth", "can-i", verb, resource, "--as", &sa];
+        let mut args = vec!["auth", "can-i", verb];
+        args.extend(resource.split(' '));
+        args.extend(["--as", sa.as_str()]);
         args.extend_from_slice(extra);
         let out = chart.kubectl(&args, None);
         match out.stdout.trim() {
@@ -313,8 +315,8 @@ async fn helm_install_upgrade_and_uninstall_on_a_real_apiserver() {
     for (verb, resource) in [
         ("create", "pods"),
         ("delete", "pods"),
-        ("get", "pods/log"),
-        ("create", "pods/exec"),
+        ("get", "pods --subresource=log"),
+        ("create", "pods --subresource=exec"),
         ("get", "secrets"),
         ("list", "configmaps"),
         ("watch", "namespaces"),
