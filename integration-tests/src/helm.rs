@@ -60,7 +60,11 @@ impl Run {
 
     /// Panics with the command and its output unless it succeeded; returns stdout.
     pub fn ok(self) -> String {
-        assert!(self.success, "`{}` failed\n--- stdout ---\n{}\n--- stderr ---\n{}", self.command, self.stdout, self.stderr);
+        assert!(
+            self.success,
+            "`{}` failed\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.command, self.stdout, self.stderr
+        );
         self.stdout
     }
 

@@ -71,7 +71,11 @@ fn check_config(docs: &[Value], name: &str, key: &str, binary: &str, env: &[(&st
         None,
         Duration::from_secs(30),
     );
-    assert!(result.success, "{binary} --check-config refused the chart's {key}:\n{text}\n{}{}", result.stdout, result.stderr);
+    assert!(
+        result.success,
+        "{binary} --check-config refused the chart's {key}:\n{text}\n{}{}",
+        result.stdout, result.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,8 +146,13 @@ async fn chart_lints_renders_and_every_values_combination_validates_server_side(
         let mount = |path: &str| mounts.iter().find(|m| m["mountPath"] == path).unwrap_or_else(|| panic!("{path}"));
         assert_eq!(mount("/var/log")["readOnly"], true);
         assert_ne!(mount("/var/lib/sluice")["readOnly"], true);
-        assert!(container["env"].as_array().unwrap().iter().any(|e| e["name"] == "NODE_NAME"
-            && e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"));
+        assert!(
+            container["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "NODE_NAME" && e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName")
+        );
         assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
         assert_eq!(container["securityContext"]["capabilities"]["drop"][0], "ALL");
         assert!(container["securityContext"]["capabilities"].get("add").is_none());
@@ -162,7 +171,8 @@ async fn chart_lints_renders_and_every_values_combination_validates_server_side(
             // Secrets by reference only: no credential in any rendered object.
             assert!(!rendered.contains("kind: Secret\n"), "the chart must not create Secrets");
             let env = container["env"].as_array().unwrap();
-            let password = env.iter().find(|e| e["name"] == "SLUICE_KAFKA__PROPERTIES__SASL.PASSWORD").expect("SASL env");
+            let password =
+                env.iter().find(|e| e["name"] == "SLUICE_KAFKA__PROPERTIES__SASL.PASSWORD").expect("SASL env");
             assert_eq!(password["valueFrom"]["secretKeyRef"]["name"], "sluice-kafka-user");
             let shipper_yaml = find(&docs, "ConfigMap", "sluice-shipper")["data"]["shipper.yaml"].as_str().unwrap();
             assert!(shipper_yaml.contains("security.protocol: SASL_SSL"), "{shipper_yaml}");
@@ -191,7 +201,10 @@ async fn chart_lints_renders_and_every_values_combination_validates_server_side(
         let out = chart.template("sluice", "logging", &[], &args).fails();
         assert!(out.contains(expect), "--set {set:?}: expected `{expect}` in:\n{out}");
     };
-    refused(&["indexer.autoscaling.enabled=true", "indexer.autoscaling.maxReplicas=13"], "must not exceed topics.partitions");
+    refused(
+        &["indexer.autoscaling.enabled=true", "indexer.autoscaling.maxReplicas=13"],
+        "must not exceed topics.partitions",
+    );
     refused(&["indexer.replicas=20"], "must not exceed topics.partitions");
     refused(&["indexer.terminationGracePeriodSeconds=20"], "must exceed indexer.revokeTimeoutSeconds");
     refused(&["indexer.replica=3"], "additional properties 'replica' not allowed");
@@ -203,7 +216,11 @@ async fn chart_lints_renders_and_every_values_combination_validates_server_side(
     let applied = chart.kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&broken));
     assert!(!applied.success && applied.stderr.contains("updateStrategy"), "{}{}", applied.stdout, applied.stderr);
 
-    eprintln!("[helm] lint + {} combinations validated server-side in {:.1} s", combinations().len(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "[helm] lint + {} combinations validated server-side in {:.1} s",
+        combinations().len(),
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// Completes the setup hook's Job (status subresource) whenever one is waiting: this control
@@ -219,19 +236,32 @@ fn complete_hook_jobs(chart: &Chart, namespace: &str, name: &str, seen: &Arc<Ato
                 .is_some_and(|c| c.iter().any(|c| c["type"] == "Complete" && c["status"] == "True"));
             if !complete {
                 let args = job["spec"]["template"]["spec"]["containers"][0]["args"].clone();
-                assert_eq!(args, serde_json::json!(["sluice-indexer", "--config", "/etc/sluice/indexer.yaml", "setup"]));
+                assert_eq!(
+                    args,
+                    serde_json::json!(["sluice-indexer", "--config", "/etc/sluice/indexer.yaml", "setup"])
+                );
                 let hook = &job["metadata"]["annotations"]["helm.sh/hook"];
                 assert_eq!(hook, "pre-install,pre-upgrade");
                 seen.store(true, Ordering::Relaxed);
                 let now = "2026-01-01T00:00:00Z";
                 let status = serde_json::json!({"status": {
-                    "startTime": now, "completionTime": now, "succeeded": 1, "active": 0,
-                    "conditions": [
-                        {"type": "SuccessCriteriaMet", "status": "True", "lastProbeTime": now, "lastTransitionTime": now},
-                        {"type": "Complete", "status": "True", "lastProbeTime": now, "lastTransitionTime": now}
-                    ]}});
+                "startTime": now, "completionTime": now, "succeeded": 1, "active": 0,
+                "conditions": [
+                    {"type": "SuccessCriteriaMet", "status": "True", "lastProbeTime": now, "lastTransitionTime": now},
+                    {"type": "Complete", "status": "True", "lastProbeTime": now, "lastTransitionTime": now}
+                ]}});
                 let patched = chart.kubectl(
-                    &["-n", namespace, "patch", "job", name, "--subresource=status", "--type=merge", "-p", &status.to_string()],
+                    &[
+                        "-n",
+                        namespace,
+                        "patch",
+                        "job",
+                        name,
+                        "--subresource=status",
+                        "--type=merge",
+                        "-p",
+                        &status.to_string(),
+                    ],
                     None,
                 );
                 if !patched.success {
@@ -327,11 +357,8 @@ async fn helm_install_upgrade_and_uninstall_on_a_real_apiserver() {
         assert!(!can_i(verb, resource, &["-A"]), "the shipper must not {verb} {resource}");
     }
     let listing = chart.kubectl(&["auth", "can-i", "--list", "--as", &sa, "-n", ns], None).ok();
-    let granted: Vec<&str> = listing
-        .lines()
-        .skip(1)
-        .filter(|l| !l.contains("selfsubject") && !l.trim_start().starts_with('['))
-        .collect();
+    let granted: Vec<&str> =
+        listing.lines().skip(1).filter(|l| !l.contains("selfsubject") && !l.trim_start().starts_with('[')).collect();
     assert_eq!(granted.len(), 1, "only pods:\n{listing}");
     assert!(granted[0].starts_with("pods ") && granted[0].contains("[get list watch]"), "{listing}");
 
@@ -341,8 +368,16 @@ async fn helm_install_upgrade_and_uninstall_on_a_real_apiserver() {
     hook_seen.store(false, Ordering::Relaxed);
     chart
         .helm(&[
-            "upgrade", release, &chart_arg, "-n", ns, "--reuse-values", "--set", "shipper.config.limits.inflight_bytes=8MiB",
-            "--timeout", "150s",
+            "upgrade",
+            release,
+            &chart_arg,
+            "-n",
+            ns,
+            "--reuse-values",
+            "--set",
+            "shipper.config.limits.inflight_bytes=8MiB",
+            "--timeout",
+            "150s",
         ])
         .ok();
     assert!(hook_seen.load(Ordering::Relaxed), "the setup hook did not run again before the upgrade");
@@ -353,7 +388,16 @@ async fn helm_install_upgrade_and_uninstall_on_a_real_apiserver() {
     assert!(cm.contains("inflight_bytes: 8MiB"), "{cm}");
     // And an indexer value rolls the indexer.
     chart
-        .helm(&["upgrade", release, &chart_arg, "-n", ns, "--reuse-values", "--set", "indexer.config.batch.max_docs=5000"])
+        .helm(&[
+            "upgrade",
+            release,
+            &chart_arg,
+            "-n",
+            ns,
+            "--reuse-values",
+            "--set",
+            "indexer.config.batch.max_docs=5000",
+        ])
         .ok();
     let (shipper_third, indexer_third) = checksums(&chart, ns, fullname);
     assert_eq!(shipper_after, shipper_third);
@@ -367,8 +411,15 @@ async fn helm_install_upgrade_and_uninstall_on_a_real_apiserver() {
     assert!(left.trim().is_empty(), "left behind after uninstall:\n{left}");
     let labelled = chart
         .kubectl(
-            &["get", "all,configmaps,serviceaccounts,pdb,clusterroles,clusterrolebindings,jobs", "-A", "-l",
-              &format!("app.kubernetes.io/instance={release}"), "-o", "name"],
+            &[
+                "get",
+                "all,configmaps,serviceaccounts,pdb,clusterroles,clusterrolebindings,jobs",
+                "-A",
+                "-l",
+                &format!("app.kubernetes.io/instance={release}"),
+                "-o",
+                "name",
+            ],
             None,
         )
         .ok();

@@ -118,7 +118,9 @@ where
                 eprintln!("[node] {what}: after {:.1} s", started.elapsed().as_secs_f64());
                 return value;
             }
-            Err(state) if started.elapsed() > timeout => panic!("{what}: not reached after {timeout:?}; last state: {state}"),
+            Err(state) if started.elapsed() > timeout => {
+                panic!("{what}: not reached after {timeout:?}; last state: {state}")
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
@@ -212,12 +214,16 @@ async fn chart_runs_on_a_real_node_every_line_once_with_metadata_through_restart
         .with_label("sluice.test", "1")
         .with_env_var("KAFKA_NODE_ID", "1")
         .with_env_var("KAFKA_PROCESS_ROLES", "broker,controller")
-        .with_env_var("KAFKA_LISTENERS", format!("PLAINTEXT://{ip}:{kafka_port},CONTROLLER://127.0.0.1:{controller_port}"))
+        .with_env_var(
+            "KAFKA_LISTENERS",
+            format!("PLAINTEXT://{ip}:{kafka_port},CONTROLLER://127.0.0.1:{controller_port}"),
+        )
         .with_env_var("KAFKA_ADVERTISED_LISTENERS", format!("PLAINTEXT://{ip}:{kafka_port}"))
         .with_env_var("KAFKA_CONTROLLER_QUORUM_VOTERS", format!("1@127.0.0.1:{controller_port}"))
         .with_env_var("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
         .with_env_var("KAFKA_HEAP_OPTS", "-Xmx512m -Xms256m")
-        .with_startup_timeout(Duration::from_secs(180))
+        // A loaded 2-core machine (other tests, builds) can take minutes to start a JVM.
+        .with_startup_timeout(Duration::from_secs(600))
         .start();
     let (es_image, es_tag) = sluice_integration_tests::search_image(sluice_integration_tests::Flavor::Elasticsearch);
     let es_container = GenericImage::new(es_image, es_tag)
@@ -228,7 +234,7 @@ async fn chart_runs_on_a_real_node_every_line_once_with_metadata_through_restart
         .with_env_var("http.port", es_port.to_string())
         .with_env_var("transport.port", es_transport.to_string())
         .with_env_var("ES_JAVA_OPTS", "-Xms512m -Xmx512m")
-        .with_startup_timeout(Duration::from_secs(240))
+        .with_startup_timeout(Duration::from_secs(600))
         .start();
     let (kafka, es_container) = tokio::join!(kafka, es_container);
     let (_kafka, _es_container) = (kafka.expect("start Kafka"), es_container.expect("start Elasticsearch"));
@@ -278,7 +284,9 @@ setup:
     // helm install --wait: the setup Job runs for real (topics, template), then the DaemonSet and
     // the Deployment become ready (the shipper's /readyz needs the topic).
     let install_started = Instant::now();
-    chart.helm(&["install", "sluice", &chart_arg, "-n", "logging", "-f", &values_arg, "--wait", "--timeout", "400s"]).ok();
+    chart
+        .helm(&["install", "sluice", &chart_arg, "-n", "logging", "-f", &values_arg, "--wait", "--timeout", "400s"])
+        .ok();
     eprintln!("[node] helm install --wait in {:.1} s", install_started.elapsed().as_secs_f64());
     let template = es.http.get(format!("{}/_index_template/{prefix}", es.url)).send().await.expect("ES");
     assert!(template.status().is_success(), "the setup hook installed no index template");
@@ -306,7 +314,9 @@ spec:
           command: ["bash", "-c", "i=0; trap 'echo \"demo-stop $HOSTNAME $i\"; exit 0' TERM; while true; do i=$((i+1)); echo \"demo-line $HOSTNAME $i\"; sleep 0.05; done"]
 "#;
     chart.kubectl(&["apply", "-f", "-"], Some(demo)).ok();
-    let pod_json = |name: &str| -> Value { serde_json::from_str(&kubectl(&["-n", "demo", "get", "pod", name, "-o", "json"])).expect("pod JSON") };
+    let pod_json = |name: &str| -> Value {
+        serde_json::from_str(&kubectl(&["-n", "demo", "get", "pod", name, "-o", "json"])).expect("pod JSON")
+    };
     let running_demo_pod = || {
         let out = kubectl(&["-n", "demo", "get", "pods", "-o", "json"]);
         let list: Value = serde_json::from_str(&out).expect("JSON");
@@ -344,11 +354,15 @@ spec:
     assert_eq!(doc["container"]["runtime"], "containerd", "{doc}");
     let container_id = first_pod["status"]["containerStatuses"][0]["containerID"].as_str().unwrap();
     assert_eq!(format!("containerd://{}", doc["container"]["id"].as_str().unwrap_or_default()), container_id, "{doc}");
-    let from_path = docs.iter().filter(|d| d["tags"].as_array().is_some_and(|t| t.iter().any(|t| t == "metadata_from_path"))).count();
+    let from_path = docs
+        .iter()
+        .filter(|d| d["tags"].as_array().is_some_and(|t| t.iter().any(|t| t == "metadata_from_path")))
+        .count();
     assert_eq!(from_path, 0, "every record enriched by the pod watch");
 
     // Mid-stream: restart the shipper pod (the DaemonSet makes a new one; checkpoint on the hostPath).
-    let shipper_pods = kubectl(&["-n", "logging", "get", "pods", "-l", "app.kubernetes.io/component=shipper", "-o", "name"]);
+    let shipper_pods =
+        kubectl(&["-n", "logging", "get", "pods", "-l", "app.kubernetes.io/component=shipper", "-o", "name"]);
     let shipper_pod = shipper_pods.lines().next().expect("a shipper pod").to_owned();
     kubectl(&["-n", "logging", "delete", &shipper_pod, "--wait=true", "--timeout=60s"]);
     chart.kubectl(&["-n", "logging", "rollout", "status", "daemonset/sluice-shipper", "--timeout=180s"], None).ok();
@@ -364,11 +378,29 @@ spec:
     // Scale the indexer 1 → 3 by helm upgrade while pod 2 writes: the group rebalances.
     let upgrade_started = Instant::now();
     chart
-        .helm(&["upgrade", "sluice", &chart_arg, "-n", "logging", "--reuse-values", "--set", "indexer.replicas=3", "--wait", "--timeout", "300s"])
+        .helm(&[
+            "upgrade",
+            "sluice",
+            &chart_arg,
+            "-n",
+            "logging",
+            "--reuse-values",
+            "--set",
+            "indexer.replicas=3",
+            "--wait",
+            "--timeout",
+            "300s",
+        ])
         .ok();
     eprintln!("[node] helm upgrade to 3 indexers in {:.1} s", upgrade_started.elapsed().as_secs_f64());
     let indexer_ips: Vec<String> = kubectl(&[
-        "-n", "logging", "get", "pods", "-l", "app.kubernetes.io/component=indexer", "-o",
+        "-n",
+        "logging",
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/component=indexer",
+        "-o",
         "jsonpath={range .items[*]}{.status.podIP}{\"\\n\"}{end}",
     ])
     .lines()
@@ -379,7 +411,14 @@ spec:
     wait_for("3 partitions spread over 3 indexers", Duration::from_secs(120), || async {
         let mut owned = Vec::new();
         for ip in &indexer_ips {
-            let text = http.get(format!("http://{ip}:9465/metrics")).send().await.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())?;
+            let text = http
+                .get(format!("http://{ip}:9465/metrics"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .text()
+                .await
+                .map_err(|e| e.to_string())?;
             let n = text
                 .lines()
                 .find(|l| l.starts_with("sluice_indexer_assigned_partitions"))
@@ -387,7 +426,11 @@ spec:
                 .unwrap_or(-1.0);
             owned.push(n);
         }
-        if owned.iter().all(|n| *n == 1.0) { Ok(()) } else { Err(format!("assigned partitions per replica: {owned:?}")) }
+        if owned.iter().all(|n| *n == 1.0) {
+            Ok(())
+        } else {
+            Err(format!("assigned partitions per replica: {owned:?}"))
+        }
     })
     .await;
 
