@@ -36,6 +36,8 @@ const IMAGE: &str = "sluice/sluice:dev";
 /// A running single-node cluster; `cluster-down` when dropped (also on panic).
 struct Node {
     env: Vec<(String, String)>,
+    /// Runs cluster-down if this test process dies without unwinding (SIGKILL, abort).
+    watchdog: Option<std::process::Child>,
     kubeconfig: PathBuf,
     name: String,
     host_ip: String,
@@ -58,8 +60,20 @@ impl Node {
         let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let node_env = env.clone();
         // Built now so Drop can take it down even when cluster-up fails half-way.
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(r#"while kill -0 "$0" 2>/dev/null; do sleep 1; done; exec "$1" cluster-down"#)
+            .arg(std::process::id().to_string())
+            .arg(SCRIPT)
+            .envs(env.iter().cloned())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn watchdog");
         let mut node = Node {
             env: node_env,
+            watchdog: Some(watchdog),
             kubeconfig: PathBuf::new(),
             name: String::new(),
             host_ip: String::new(),
@@ -86,6 +100,10 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
         let started = Instant::now();
         let status = Command::new(SCRIPT).arg("cluster-down").envs(self.env.iter().cloned()).status();
         eprintln!("[node] cluster-down {:?} in {:.1} s", status.map(|s| s.code()), started.elapsed().as_secs_f64());
