@@ -31,6 +31,7 @@ use testcontainers::core::WaitFor;
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
+pub mod helm;
 pub mod kube;
 
 /// Environment variable naming a running Kafka (`host:port[,host:port]`).
