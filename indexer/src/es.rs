@@ -591,7 +591,11 @@ mod tests {
     /// A one-address HTTP server answering every request with `reply` (a whole HTTP response, as
     /// recorded from Elasticsearch); returns its URL and the request heads it saw (lower case).
     async fn recorded((head, body): (&'static str, &'static str)) -> (String, Arc<Mutex<Vec<String>>>) {
-        let reply = format!("{}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", head.replace('\n', "\r\n"), body.len());
+        let reply = format!(
+            "{}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            head.replace('\n', "\r\n"),
+            body.len()
+        );
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -633,8 +637,10 @@ mod tests {
         let (url, heads) = recorded(NODES_OK).await;
         // Credentials in the URL give way to the API key and are never sent.
         let with_user = url.replacen("http://", "http://user:url-secret@", 1);
-        let mut config = ElasticsearchConfig { urls: vec![with_user.as_str().into()], ..ElasticsearchConfig::default() };
-        config.auth.api_key = crate::config::Secret::new("VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw==");
+        let mut config =
+            ElasticsearchConfig { urls: vec![with_user.as_str().into()], ..ElasticsearchConfig::default() };
+        config.auth.api_key =
+            crate::config::Secret::new("VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw==");
         let pool = NodePool::new(&config).unwrap();
         assert_eq!(pool.detect().await.unwrap(), Distribution::Elasticsearch("8.19.21".into()));
         let head = heads.lock().unwrap()[0].clone();
@@ -642,7 +648,7 @@ mod tests {
         let auth: Vec<&str> = head.lines().filter(|l| l.starts_with("authorization:")).collect();
         assert_eq!(
             auth,
-            vec!["authorization: apikey vnvhq2zhy0jdzgjrum0tztvht3g6dwkybhayyxhutm1zewfrdzl0dk5udw=="],
+            vec![format!("authorization: apikey {}", config.auth.api_key.expose().to_ascii_lowercase())],
             "exactly one ApiKey header (the request is lower-cased here)"
         );
         assert!(!head.contains("url-secret") && !head.contains("basic"), "{head}");

@@ -387,7 +387,11 @@ async fn readiness_follows_the_lifecycle_and_a_second_signal_exits_at_once() {
     // No Elasticsearch at the configured address (a port this test holds, nothing listens): the
     // endpoint answers, not ready, with the reason.
     let mut nowhere = env.clone();
-    set(&mut nowhere, "SLUICE_ELASTICSEARCH__URLS", &format!("http://127.0.0.1:{}", sluice_integration_tests::free_port()));
+    set(
+        &mut nowhere,
+        "SLUICE_ELASTICSEARCH__URLS",
+        &format!("http://127.0.0.1:{}", sluice_integration_tests::free_port()),
+    );
     let mut waiting = Indexer::spawn(&nowhere, "it-dlv-ready-nowhere");
     let deadline = Instant::now() + Duration::from_secs(30);
     let answer = loop {

@@ -155,7 +155,11 @@ async fn a_413_splits_batches_and_max_attempts_dead_letters_every_record_exactly
     assert_eq!(sum("sluice_indexer_docs_total{outcome=\"duplicate\"}"), 0.0, "{metrics}");
     assert_eq!(indexed + dead, total as f64, "{metrics}");
     assert!(sum("sluice_indexer_bulk_requests_total{result=\"http_413\"}") > 0.0, "no 413 met:\n{metrics}");
-    assert_eq!(sum("sluice_indexer_dead_letters_total{type=\"http_413\"}"), 1.0, "only the oversized record:\n{metrics}");
+    assert_eq!(
+        sum("sluice_indexer_dead_letters_total{type=\"http_413\"}"),
+        1.0,
+        "only the oversized record:\n{metrics}"
+    );
     let exhausted = sum("sluice_indexer_dead_letters_total{type=\"retries_exhausted\"}");
     assert!(exhausted > 0.0, "no record ran out of its 2 attempts in the storm:\n{metrics}");
     assert_eq!(dead, exhausted + 1.0, "{metrics}");

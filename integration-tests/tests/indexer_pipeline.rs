@@ -212,10 +212,7 @@ async fn sigkill_of_one_replica_loses_and_duplicates_nothing() {
     // Wait until both are busy, then kill one without warning.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let (da, db) = (
-            a.metric_sum(INDEXED),
-            b.metric_sum(INDEXED),
-        );
+        let (da, db) = (a.metric_sum(INDEXED), b.metric_sum(INDEXED));
         if da > 0.0 && db > 0.0 && da + db >= (total / 5) as f64 {
             break;
         }

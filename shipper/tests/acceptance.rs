@@ -688,7 +688,8 @@ fn the_skip_list_is_capped_at_1024_ranges_and_the_cap_loses_nothing() {
     let second = decoded(&second);
     assert_eq!(second.len() as u64, n - 1024);
     assert_eq!(metrics.skipped_acked.get(), 1024);
-    let mut seen: Vec<u64> = first.iter().enumerate().filter(|(i, _)| i % 2 == 1).map(|(_, r)| seq_of(&r.message).1).collect();
+    let mut seen: Vec<u64> =
+        first.iter().enumerate().filter(|(i, _)| i % 2 == 1).map(|(_, r)| seq_of(&r.message).1).collect();
     seen.extend(second.iter().map(|r| seq_of(&r.message).1));
     seen.sort();
     seen.dedup();

@@ -82,7 +82,9 @@ fn not_covered<'a>(recs: &'a [Rec], ckpt: &std::collections::HashMap<String, Ent
             let generation = r.id.split_once('-').unwrap().0;
             match ckpt.get(generation) {
                 None => true,
-                Some(e) => !e.complete && r.offset >= e.offset && !e.skip.iter().any(|&(a, b)| (a..b).contains(&r.offset)),
+                Some(e) => {
+                    !e.complete && r.offset >= e.offset && !e.skip.iter().any(|&(a, b)| (a..b).contains(&r.offset))
+                }
             }
         })
         .collect()
@@ -199,7 +201,8 @@ fn sigkill_and_restart_mid_stream_loses_nothing() {
     let dups = verify(&recs, &expected);
     // Every record in flight at a kill was seen again in a later run (same id).
     for (round, id) in &must_resend {
-        let later = outputs[round + 1..].iter().any(|o| read_outputs(std::slice::from_ref(o)).0.iter().any(|r| &r.id == id));
+        let later =
+            outputs[round + 1..].iter().any(|o| read_outputs(std::slice::from_ref(o)).0.iter().any(|r| &r.id == id));
         assert!(later, "record {id}, in flight at kill {round}, was never sent again");
     }
     eprintln!(
@@ -217,7 +220,8 @@ fn sigkill_and_restart_mid_stream_loses_nothing() {
     loop {
         if let Some(text) = common::kafka_support::http_get(port, "/metrics") {
             let value = |name: &str| common::kafka_support::series_value(&text, name);
-            if value("sluice_shipper_scans_total").is_some_and(|v| v >= 2.0) && value("sluice_shipper_files").is_some_and(|v| v >= 2.0)
+            if value("sluice_shipper_scans_total").is_some_and(|v| v >= 2.0)
+                && value("sluice_shipper_files").is_some_and(|v| v >= 2.0)
             {
                 assert_eq!(value("sluice_shipper_records_total"), Some(0.0), "{text}");
                 break;

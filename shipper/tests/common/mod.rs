@@ -82,7 +82,11 @@ impl Running {
     pub fn wait_until(&self, what: &str, secs: u64, cond: impl Fn(&Metrics) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while !cond(&self.metrics) {
-            assert!(Instant::now() < deadline, "timed out after {secs} s waiting for {what} ({} records)", self.count());
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {secs} s waiting for {what} ({} records)",
+                self.count()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
