@@ -557,11 +557,13 @@ fn a_crash_between_checkpoint_write_and_rename_leaves_the_old_checkpoint_in_use(
     let writes = run.metrics.checkpoint_writes.get();
     let mut reads = 0;
     let mut seq = 50;
+    let deadline = Instant::now() + Duration::from_secs(60);
     while run.metrics.checkpoint_writes.get() < writes + 5 {
-        if seq < 2_000 {
-            w.write_line(Stream::Stdout, &KubeletWriter::content("t", seq, 60)).unwrap();
-            seq += 1;
-        }
+        assert!(Instant::now() < deadline, "fewer than 5 checkpoint writes in 60 s");
+        // A new line keeps the checkpoint changing (it is written only when changed).
+        w.write_line(Stream::Stdout, &KubeletWriter::content("t", seq, 60)).unwrap();
+        seq += 1;
+        std::thread::sleep(Duration::from_millis(1));
         if let Ok(bytes) = fs::read(&path) {
             serde_json::from_slice::<serde_json::Value>(&bytes).expect("a whole checkpoint at every moment");
             reads += 1;
