@@ -97,6 +97,27 @@ impl Running {
         self.stop()
     }
 
+    /// Waits until `cond` holds for the pipeline's metrics (panics naming `what` after `secs`).
+    pub fn wait_until(&self, what: &str, secs: u64, cond: impl Fn(&Metrics) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !cond(&self.metrics) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {secs} s waiting for {what} ({} records)",
+                self.count()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until the pipeline started two more full scans than now: the scan before the second
+    /// was followed by a read of every known file. A positive signal that what could be read was
+    /// read, to assert on before "nothing (more) was sent" — never a fixed sleep.
+    pub fn settle(&self) {
+        let scans = self.metrics.scans.get();
+        self.wait_until("two more scans", 60, |m| m.scans.get() >= scans + 2);
+    }
+
     pub fn stop(self) -> (Vec<Collected>, Metrics) {
         self.stopper.stop();
         self.handle.join().unwrap();
