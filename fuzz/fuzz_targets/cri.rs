@@ -24,8 +24,9 @@ fuzz_target!(|line: &[u8]| {
     assert_eq!(rebuilt, line, "the fields of a parsed line rebuild it");
     let parsed = timestamp::parse(&f.timestamp).expect("a parsed CRI line has a valid timestamp");
     let normal = timestamp::normalize(&f.timestamp).expect("valid timestamps normalise");
-    let again = timestamp::parse(normal.as_bytes())
-        .unwrap_or_else(|| panic!("normalised {normal:?} (from {:?}) does not parse", String::from_utf8_lossy(&f.timestamp)));
+    let again = timestamp::parse(normal.as_bytes()).unwrap_or_else(|| {
+        panic!("normalised {normal:?} (from {:?}) does not parse", String::from_utf8_lossy(&f.timestamp))
+    });
     assert!(again.canonical, "{normal}");
     assert_eq!(again.instant, parsed.instant, "{normal}");
 });

@@ -50,7 +50,12 @@ fn push(b: &mut Batcher, offset: i64, key: Option<&[u8]>, payload: &[u8], header
 }
 
 /// `Ok(index)` or `Err(reason)` of the last record of a batch, after checking its framing.
-fn outcome(batch: &Batch, key: Option<&[u8]>, payload: &[u8], headers: &[(&[u8], Option<&[u8]>)]) -> Result<String, String> {
+fn outcome(
+    batch: &Batch,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    headers: &[(&[u8], Option<&[u8]>)],
+) -> Result<String, String> {
     let item = batch.items.last().expect("an item");
     let original = batch.original(item);
     assert_eq!(original.key.as_deref(), key);
@@ -64,7 +69,8 @@ fn outcome(batch: &Batch, key: Option<&[u8]>, payload: &[u8], headers: &[(&[u8],
     let lines = &batch.body[item.doc.start as usize..item.doc.end as usize];
     assert_eq!(lines.iter().filter(|c| **c == b'\n').count(), 2, "two NDJSON lines");
     let action: serde_json::Value =
-        serde_json::from_slice(&batch.body[item.doc.start as usize..item.payload_start as usize]).expect("action line is JSON");
+        serde_json::from_slice(&batch.body[item.doc.start as usize..item.payload_start as usize])
+            .expect("action line is JSON");
     let id = headers.iter().rev().find(|(k, _)| *k == header::ID.as_bytes()).and_then(|(_, v)| *v).unwrap_or_default();
     assert_eq!(action["create"]["_id"].as_str().map(str::as_bytes), Some(id));
     let replaced: Vec<u8> = payload.iter().map(|&c| if c == b'\n' { b' ' } else { c }).collect();

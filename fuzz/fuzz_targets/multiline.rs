@@ -15,7 +15,8 @@ use sluice_shipper::config::{ByteSize, MultilineRule};
 use sluice_shipper::multiline::{Joiner, Rules};
 use sluice_shipper::reassemble::{Budget, Message, Tags};
 
-const PATTERNS: [&str; 8] = [r"^\S", r"^\d{4}-\d{2}-\d{2}", r"^[ \t]", r"^(\s+at |Caused by:)", r"^$", r"^", r"x$", r"^[A-Z]+ "];
+const PATTERNS: [&str; 8] =
+    [r"^\S", r"^\d{4}-\d{2}-\d{2}", r"^[ \t]", r"^(\s+at |Caused by:)", r"^$", r"^", r"x$", r"^[A-Z]+ "];
 
 fuzz_target!(|data: &[u8]| {
     let [mode, lines, bytes, budget, input @ ..] = data else { return };

@@ -67,7 +67,9 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(budgets.used(), 0, "pending bytes left after the end of the file");
     // Every physical line starts inside some record's range: nothing vanished.
     let mut starts = vec![0u64];
-    starts.extend(input.iter().enumerate().filter(|(i, c)| **c == b'\n' && i + 1 < input.len()).map(|(i, _)| i as u64 + 1));
+    starts.extend(
+        input.iter().enumerate().filter(|(i, c)| **c == b'\n' && i + 1 < input.len()).map(|(i, _)| i as u64 + 1),
+    );
     if input.is_empty() {
         return;
     }

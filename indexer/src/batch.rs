@@ -583,6 +583,27 @@ mod tests {
         assert_eq!(batch.original(&batch.items[0]).key, None);
     }
 
+    /// Hostile input (issue #14, found by the `kafka_headers` fuzz target): a malformed `sluice.ts`
+    /// that shares its date-hour prefix with the record before it was accepted through the
+    /// index-name cache, while the same record alone (after a restart) was dead-lettered.
+    #[test]
+    fn a_malformed_timestamp_is_rejected_also_after_a_valid_one_of_the_same_hour() {
+        for ts in ["2026-11-27T10Z", "2026-11-27T10xxxxxxZ", "2026-11-27T10"] {
+            let mut b = batcher(1 << 20, 100);
+            let mut out = Vec::new();
+            push(&mut b, 0, "ok", b"{}", &mut out);
+            let h = headers("bad", ts);
+            let pairs: Vec<(&str, Option<&[u8]>)> = h.iter().map(|(k, v)| (*k, v.as_deref())).collect();
+            b.push(
+                RecordRef { partition: 0, offset: 1, key: None, payload: Some(b"{}"), headers: pairs.iter().copied() },
+                &mut out,
+            );
+            let batch = b.take().unwrap();
+            assert!(batch.items[0].is_indexable());
+            assert!(!batch.items[1].is_indexable(), "`{ts}` accepted after a valid timestamp of the same hour");
+        }
+    }
+
     #[test]
     fn newlines_in_payload_do_not_break_framing_and_the_original_is_kept() {
         let mut b = batcher(1 << 20, 100);

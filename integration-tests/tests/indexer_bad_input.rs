@@ -23,7 +23,13 @@ use sluice_common::schema::header;
 use sluice_integration_tests::{Flavor, elasticsearch, kafka, search_dedicated};
 
 /// Produces one record with exactly these headers (`None` value: a header without value).
-async fn produce_raw(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8], headers: &[(&str, Option<&[u8]>)]) {
+async fn produce_raw(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    headers: &[(&str, Option<&[u8]>)],
+) {
     let mut h = OwnedHeaders::new();
     for (k, v) in headers {
         h = h.insert(Header { key: k, value: *v });
@@ -54,8 +60,14 @@ async fn letters_by_key(
         let kind = header_value(l, header::ERROR_TYPE).unwrap_or_default();
         let reason = header_value(l, header::ERROR_REASON).unwrap_or_default();
         let source = header_value(l, header::SOURCE).unwrap_or_default();
-        assert!(!kind.is_empty() && !reason.is_empty() && !source.is_empty(), "letter {key}: {kind:?} {reason:?} {source:?}");
-        assert!(out.insert(key.clone(), (kind, reason, l.payload().unwrap_or_default().to_vec())).is_none(), "{key} twice");
+        assert!(
+            !kind.is_empty() && !reason.is_empty() && !source.is_empty(),
+            "letter {key}: {kind:?} {reason:?} {source:?}"
+        );
+        assert!(
+            out.insert(key.clone(), (kind, reason, l.payload().unwrap_or_default().to_vec())).is_none(),
+            "{key} twice"
+        );
     }
     out
 }
@@ -78,7 +90,12 @@ async fn non_json_payloads_and_corrupt_headers_are_dead_lettered_with_their_reas
     let long_id = "i".repeat(600);
     let cases: Vec<(&str, Vec<u8>, Vec<(&str, Option<&[u8]>)>, Option<&str>)> = vec![
         ("not-json", b"this is not JSON".to_vec(), contract("bad-nj", &ts), None),
-        ("truncated-json", br#"{"@timestamp":"2026-11-25T00:00:00Z","message":"cut he"#.to_vec(), contract("bad-tj", &ts), None),
+        (
+            "truncated-json",
+            br#"{"@timestamp":"2026-11-25T00:00:00Z","message":"cut he"#.to_vec(),
+            contract("bad-tj", &ts),
+            None,
+        ),
         ("json-array", br#"["a","b"]"#.to_vec(), contract("bad-ja", &ts), None),
         ("binary", b"\xff\xfe\x00\x01garbage".to_vec(), contract("bad-bin", &ts), None),
         ("deep-object", deep_object.into_bytes(), contract("bad-do", &ts), None),
@@ -100,7 +117,11 @@ async fn non_json_payloads_and_corrupt_headers_are_dead_lettered_with_their_reas
         (
             "ts-not-utf8",
             good[0].payload.clone().into_bytes(),
-            vec![(header::ID, Some(b"bad-tsu")), (header::TS, Some(b"2026-11-25T00:00:00\xffZ")), (header::V, Some(b"1"))],
+            vec![
+                (header::ID, Some(b"bad-tsu")),
+                (header::TS, Some(b"2026-11-25T00:00:00\xffZ")),
+                (header::V, Some(b"1")),
+            ],
             Some("sluice_contract_violation"),
         ),
         (
@@ -116,11 +137,16 @@ async fn non_json_payloads_and_corrupt_headers_are_dead_lettered_with_their_reas
             Some("sluice_contract_violation"),
         ),
         ("empty-id", good[0].payload.clone().into_bytes(), contract("", &ts), Some("sluice_contract_violation")),
-        ("id-without-value", good[0].payload.clone().into_bytes(), {
-            let mut h = contract("x", &ts);
-            h[0].1 = None;
-            h
-        }, Some("sluice_contract_violation")),
+        (
+            "id-without-value",
+            good[0].payload.clone().into_bytes(),
+            {
+                let mut h = contract("x", &ts);
+                h[0].1 = None;
+                h
+            },
+            Some("sluice_contract_violation"),
+        ),
         ("id-too-long", good[0].payload.clone().into_bytes(), contract(&long_id, &ts), None),
     ];
     for (key, payload, headers, _) in &cases {

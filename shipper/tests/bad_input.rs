@@ -71,7 +71,8 @@ fn invalid_utf8_and_nul_bytes_in_cri_and_docker_lines_are_replaced_tagged_and_co
     let env = Env::new();
     let c = pod_dir(&env, "utf");
     let mut body = Vec::new();
-    body.extend_from_slice(format!("{TS} stdout F bad \xc3\x28 utf8\n").as_bytes());
+    body.extend_from_slice(format!("{TS} stdout F ").as_bytes());
+    body.extend_from_slice(b"bad \xc3\x28 utf8\n");
     body.extend_from_slice(format!("{TS} stdout F ").as_bytes());
     body.extend_from_slice(b"lone \xff\xfe and \x00 nul\n");
     body.extend_from_slice(format!("{TS} stderr F nul\0in\0the\0middle\n").as_bytes());
@@ -135,14 +136,18 @@ fn truncated_and_deeply_nested_json_lines_are_forwarded_raw_and_counted() {
         "[".repeat(10_000),
         "]".repeat(10_000)
     );
-    let shallow = format!(r#"{{"log":"shallow\n","stream":"stdout","time":"{TS}","attrs":{}1{}}}"#, "[".repeat(50), "]".repeat(50));
+    let shallow = format!(
+        r#"{{"log":"shallow\n","stream":"stdout","time":"{TS}","attrs":{}1{}}}"#,
+        "[".repeat(50),
+        "]".repeat(50)
+    );
     let lines = [
         format!(r#"{{"log":"first\n","stream":"stdout","time":"{TS}"}}"#),
         r#"{"log":"truncated in the mid"#.to_owned(),
         r#"{"log":"x\n","stream":"stdout""#.to_owned(),
         deep.clone(),
         shallow,
-        "{".repeat(100_000),
+        "{".repeat(100_000), // serde_json's depth limit (128): an error, not a stack overflow
         format!(r#"{{"log":"last\n","stream":"stdout","time":"{TS}"}}"#),
     ];
     fs::write(d.join("0.log"), lines.join("\n") + "\n").unwrap();
@@ -155,14 +160,16 @@ fn truncated_and_deeply_nested_json_lines_are_forwarded_raw_and_counted() {
     let docs: Vec<_> = records.iter().map(value).collect();
     assert_eq!(docs.len(), lines.len(), "one record per line");
     assert_eq!(docs[0]["message"], "first");
-    assert_eq!(docs[4]["message"], "shallow", "unknown keys are ignored, however nested");
+    // serde_json skips an unknown key's value without recursion: 10 000 levels are no stack risk.
+    assert_eq!(docs[3]["message"], "deep", "unknown keys are ignored, however nested");
+    assert_eq!(docs[4]["message"], "shallow");
     assert_eq!(docs[6]["message"], "last");
-    for i in [1, 2, 3, 5] {
+    for i in [1, 2, 5] {
         assert!(tags(&docs[i]).contains(&"parse_error".into()), "line {i}: {}", docs[i]);
         assert!(docs[i]["message"].as_str().unwrap().len() <= 16 * 1024, "cut at max_line_bytes");
     }
-    assert!(tags(&docs[3]).contains(&"truncated".into()) && tags(&docs[5]).contains(&"truncated".into()));
-    assert_eq!(metrics.parse_errors.get_or_create(&sluice_shipper::metrics::Reason { reason: "json" }).get(), 4);
+    assert!(tags(&docs[5]).contains(&"truncated".into()));
+    assert_eq!(metrics.parse_errors.get_or_create(&sluice_shipper::metrics::Reason { reason: "json" }).get(), 3);
 }
 
 #[test]
@@ -274,7 +281,8 @@ fn a_file_vanishing_mid_read_is_read_to_its_end_and_an_unread_one_is_counted() {
     wait_until(30, "the deleted generation to complete", || run.metrics.generations_completed.get() == 1);
     std::thread::sleep(Duration::from_millis(300));
     let (records, _) = run.stop();
-    let mut seen: Vec<String> = records.iter().map(|c| value(c)["message"].as_str().unwrap()[5..10].to_owned()).collect();
+    let mut seen: Vec<String> =
+        records.iter().map(|c| value(c)["message"].as_str().unwrap()[5..10].to_owned()).collect();
     seen.sort();
     seen.dedup();
     assert_eq!(seen.len(), 3000, "every line of the vanished file");
@@ -308,7 +316,8 @@ struct Tmpfs(PathBuf);
 impl Tmpfs {
     fn mount(path: &Path, size: &str) -> Tmpfs {
         fs::create_dir_all(path).unwrap();
-        let status = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(path).status();
+        let status =
+            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(path).status();
         assert!(
             status.is_ok_and(|s| s.success()),
             "cannot mount a tmpfs at {} (these tests need root with CAP_SYS_ADMIN)",
@@ -453,7 +462,10 @@ impl Shipper {
     fn docs(&self) -> Vec<serde_json::Value> {
         let text = fs::read_to_string(&self.out).unwrap();
         // The last line may be being written.
-        text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).map(|v| v["doc"].clone()).collect()
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| v["doc"].clone())
+            .collect()
     }
     fn wait_docs(&self, n: usize, secs: u64) -> Vec<serde_json::Value> {
         wait_until(secs, &format!("{n} records printed"), || self.docs().len() >= n);
@@ -518,7 +530,9 @@ fn lines_of_10_and_100_mib_without_newline_keep_memory_bounded() {
     let started = Instant::now();
     let shipper = spawn_binary(&env, "parse:\n  partial_flush_timeout: 1s\n");
     // Every file read to its end.
-    wait_until(300, "all 310 MiB read", || metric(&shipper.metrics(), "sluice_shipper_bytes_read_total") >= total as f64);
+    wait_until(300, "all 310 MiB read", || {
+        metric(&shipper.metrics(), "sluice_shipper_bytes_read_total") >= total as f64
+    });
     let read_secs = started.elapsed().as_secs_f64();
     // Each file's line is shipped, cut at max_line_bytes (1 MiB), before it ends.
     let docs = shipper.wait_docs(4, 60);
