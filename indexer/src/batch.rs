@@ -334,7 +334,10 @@ impl Batcher {
         // (`…Z`) timestamps are cached: with an offset the prefix is not the UTC hour.
         let key = ts.get(..13).unwrap_or(ts);
         let ns_key = if self.pattern.uses_namespace() { ns } else { "" };
-        let utc = ts.len() > 13 && ts.ends_with(['Z', 'z']);
+        // Exactly the shape `index::utc_date_hour` reads from fixed positions, so a cache hit gives
+        // the verdict a fresh render would (a malformed `sluice.ts` is never let through by the
+        // valid one before it, and a re-delivery after a restart is treated the same).
+        let utc = ts.len() >= 20 && ts.as_bytes()[13] == b':' && ts.ends_with(['Z', 'z']);
         if utc && self.cached && self.cache_key == key && self.cache_ns == ns_key {
             return Ok(());
         }
