@@ -198,7 +198,8 @@ async fn a_record_over_http_max_content_length_is_dead_lettered_and_the_rest_ind
     assert_eq!(header_value(letter, header::ID).as_deref(), Some(big.id.as_str()));
     assert_eq!(header_value(letter, header::ERROR_TYPE).as_deref(), Some("http_413"));
     assert_eq!(letter.payload(), Some(big.payload.as_bytes()), "the whole record is kept");
-    eprintln!("413 letter reason: {:?}", header_value(letter, header::ERROR_REASON));
-    assert!(indexer.metrics().contains("sluice_indexer_requests_total"), "{}", indexer.metrics());
+    let reason = header_value(letter, header::ERROR_REASON).unwrap_or_default();
+    assert!(reason.contains("413"), "the letter says why: {reason:?}");
+    assert_eq!(indexer.metric_sum("sluice_indexer_docs_total{outcome=\"dead_lettered\"}"), 1.0);
     assert!(indexer.terminate(Duration::from_secs(30)).success());
 }
