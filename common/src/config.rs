@@ -143,11 +143,37 @@ pub fn load<T>(
 where
     T: DeserializeOwned + Serialize + Default + Validate,
 {
-    let shape = serde_json::to_value(T::default()).expect("config defaults serialise");
-    let mut tree = match file {
+    let tree = match file {
         Some(path) => read_yaml(path)?,
         None => Value::Object(Map::new()),
     };
+    layer(tree, env, sets)
+}
+
+/// [`load`] with the file's YAML text given instead of its path (`path` only names it in errors):
+/// for tests and the config fuzz target.
+pub fn load_text<T>(
+    text: &str,
+    path: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+    sets: &[String],
+) -> Result<Loaded<T>, ConfigError>
+where
+    T: DeserializeOwned + Serialize + Default + Validate,
+{
+    layer(parse_yaml(text, path)?, env, sets)
+}
+
+/// Applies the overrides to the file's tree, deserialises and validates.
+fn layer<T>(
+    mut tree: Value,
+    env: impl IntoIterator<Item = (String, String)>,
+    sets: &[String],
+) -> Result<Loaded<T>, ConfigError>
+where
+    T: DeserializeOwned + Serialize + Default + Validate,
+{
+    let shape = serde_json::to_value(T::default()).expect("config defaults serialise");
     let mut ignored_env = Vec::new();
     let mut env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
     env.sort();
@@ -184,7 +210,11 @@ where
 
 fn read_yaml(path: &Path) -> Result<Value, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
-    let value: Value = serde_yaml_ng::from_str(&text)
+    parse_yaml(&text, path)
+}
+
+fn parse_yaml(text: &str, path: &Path) -> Result<Value, ConfigError> {
+    let value: Value = serde_yaml_ng::from_str(text)
         .map_err(|err| ConfigError::Yaml { path: path.to_owned(), message: err.to_string() })?;
     Ok(match value {
         Value::Null => Value::Object(Map::new()),

@@ -334,7 +334,10 @@ impl Batcher {
         // (`…Z`) timestamps are cached: with an offset the prefix is not the UTC hour.
         let key = ts.get(..13).unwrap_or(ts);
         let ns_key = if self.pattern.uses_namespace() { ns } else { "" };
-        let utc = ts.len() > 13 && ts.ends_with(['Z', 'z']);
+        // Exactly the shape `index::utc_date_hour` reads from fixed positions, so a cache hit gives
+        // the verdict a fresh render would (a malformed `sluice.ts` is never let through by the
+        // valid one before it, and a re-delivery after a restart is treated the same).
+        let utc = ts.len() >= 20 && ts.as_bytes()[13] == b':' && ts.ends_with(['Z', 'z']);
         if utc && self.cached && self.cache_key == key && self.cache_ns == ns_key {
             return Ok(());
         }
@@ -581,6 +584,27 @@ mod tests {
         assert!(reasons[2].contains("not-a-time"), "{}", reasons[2]);
         assert_eq!(batch.original(&batch.items[0]).payload.as_deref(), Some(&b"{}"[..]));
         assert_eq!(batch.original(&batch.items[0]).key, None);
+    }
+
+    /// Hostile input (issue #14, found by the `kafka_headers` fuzz target): a malformed `sluice.ts`
+    /// that shares its date-hour prefix with the record before it was accepted through the
+    /// index-name cache, while the same record alone (after a restart) was dead-lettered.
+    #[test]
+    fn a_malformed_timestamp_is_rejected_also_after_a_valid_one_of_the_same_hour() {
+        for ts in ["2026-11-27T10Z", "2026-11-27T10xxxxxxZ", "2026-11-27T10"] {
+            let mut b = batcher(1 << 20, 100);
+            let mut out = Vec::new();
+            push(&mut b, 0, "ok", b"{}", &mut out);
+            let h = headers("bad", ts);
+            let pairs: Vec<(&str, Option<&[u8]>)> = h.iter().map(|(k, v)| (*k, v.as_deref())).collect();
+            b.push(
+                RecordRef { partition: 0, offset: 1, key: None, payload: Some(b"{}"), headers: pairs.iter().copied() },
+                &mut out,
+            );
+            let batch = b.take().unwrap();
+            assert!(batch.items[0].is_indexable());
+            assert!(!batch.items[1].is_indexable(), "`{ts}` accepted after a valid timestamp of the same hour");
+        }
     }
 
     #[test]

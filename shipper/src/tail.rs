@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -111,10 +111,22 @@ pub enum Handle {
     Gz(Box<GzReader>),
 }
 
+/// Opens `path` for reading if it is a regular file; anything else (a directory, a FIFO, a socket, a
+/// device put where a log file was) is refused with `InvalidInput`. The open is non-blocking:
+/// opening a FIFO blocks until some process opens it for writing, which would stop the read thread.
+/// (`O_NONBLOCK` has no effect on the reads of a regular file.)
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a regular file", path.display())));
+    }
+    Ok(file)
+}
+
 impl Handle {
-    /// Opens the file at `path` as a generation of `kind`.
+    /// Opens the file at `path` as a generation of `kind` (see [`open_regular`]).
     pub fn open(path: &Path, kind: &GenKind) -> io::Result<Handle> {
-        let file = File::open(path)?;
+        let file = open_regular(path)?;
         Ok(match kind {
             GenKind::Gz(_) => {
                 let dec = MultiGzDecoder::new(io::BufReader::with_capacity(16 * 1024, file.try_clone()?));
@@ -197,7 +209,7 @@ pub fn gz_content_size(file: &File) -> io::Result<u64> {
 /// The uncompressed size of a generation file (see [`gz_content_size`]).
 pub fn content_size(file: &GenFile) -> io::Result<u64> {
     match file.kind {
-        GenKind::Gz(_) => gz_content_size(&File::open(&file.path)?),
+        GenKind::Gz(_) => gz_content_size(&open_regular(&file.path)?),
         _ => Ok(file.size),
     }
 }
@@ -255,7 +267,7 @@ impl IdentityCache {
                 }
             } else if file.size >= c.fp_len as u64 {
                 let mut buf = vec![0u8; c.fp_len];
-                let f = File::open(&file.path)?;
+                let f = open_regular(&file.path)?;
                 let md = f.metadata()?;
                 if (md.dev(), md.ino()) != key {
                     return Err(io::Error::new(io::ErrorKind::NotFound, "renamed since listed"));
@@ -336,6 +348,30 @@ mod tests {
         let n = h.read_at(&mut buf, 50_000).unwrap();
         assert_eq!(&buf[..n], &content[50_000..50_000 + n]);
         assert!(h.read_at(&mut buf, 10).is_err());
+    }
+
+    /// Hostile input (issue #14): a FIFO put where a log file was used to block the read thread in
+    /// `open` until some process wrote to it; a directory opened fine and failed only when read.
+    #[test]
+    fn a_fifo_a_socket_or_a_directory_at_a_log_path_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("0.log");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let socket = dir.path().join("1.log");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let sub = dir.path().join("2.log");
+        std::fs::create_dir(&sub).unwrap();
+        for path in [fifo, socket, sub] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let p = path.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(Handle::open(&p, &GenKind::Live).map(|_| ()).map_err(|e| e.kind()));
+            });
+            let result = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("opening {} blocked", path.display()));
+            assert!(result.is_err(), "{} opened as a log file", path.display());
+        }
     }
 
     #[test]

@@ -176,6 +176,15 @@ pub fn classify_response(status: u16, body: &[u8], expected: usize) -> RequestOu
         413 => {
             let (error_type, reason) = top_error(body).unwrap_or_else(|| (String::new(), error_text(body)));
             let error_type = if error_type.is_empty() { "http_413".to_owned() } else { error_type };
+            // Elasticsearch answers a request over `http.max_content_length` with an empty body:
+            // the dead letter must still say why.
+            let reason = if reason.trim().is_empty() {
+                "HTTP 413 Request Entity Too Large: the request is larger than Elasticsearch's \
+                 http.max_content_length (or a proxy's limit)"
+                    .to_owned()
+            } else {
+                reason
+            };
             RequestOutcome::Split { error_type, reason }
         }
         _ => match top_error(body) {
@@ -364,6 +373,12 @@ mod tests {
         assert!(matches!(classify_response(401, b"{}", 5), RequestOutcome::Blocked { .. }));
         let too_large = classify_response(413, b"", 5);
         assert!(matches!(too_large, RequestOutcome::Split { ref error_type, .. } if error_type == "http_413"));
+        // Hostile input (issue #14): Elasticsearch's 413 has an empty body; the dead letter of the
+        // record that is too large alone still carries a reason.
+        assert!(
+            matches!(too_large, RequestOutcome::Split { ref reason, .. } if reason.contains("http.max_content_length")),
+            "{too_large:?}"
+        );
         let malformed = br#"{"error":{"type":"illegal_argument_exception","reason":"Malformed action/metadata line [1]"},"status":400}"#;
         assert!(
             matches!(classify_response(400, malformed, 5), RequestOutcome::Split { ref error_type, .. } if error_type == "illegal_argument_exception")

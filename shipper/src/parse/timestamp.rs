@@ -62,6 +62,10 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the instants RFC 3339 UTC can write.
+const MIN_SECS: i64 = -62_167_219_200;
+const MAX_SECS: i64 = 253_402_300_799;
+
 /// Result of [`parse`]: the instant and whether the text is already canonical UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Parsed {
@@ -149,7 +153,7 @@ fn fields(b: &[u8]) -> Option<Fields> {
         }
         _ => return None,
     };
-    Some(Fields {
+    let f = Fields {
         year,
         month,
         day,
@@ -158,7 +162,14 @@ fn fields(b: &[u8]) -> Option<Fields> {
         frac_digits,
         offset_secs,
         canonical: zulu && sep == b'T' && frac_digits <= 9,
-    })
+    };
+    // In UTC the year must still have four digits (`0000-01-01T00:00:00+01:00` is in year -1):
+    // otherwise the normalised text is not RFC 3339 and the document's date is rejected downstream.
+    // Only years 0000 and 9999 can leave the range, so the others skip the date arithmetic.
+    if (year == 0 || year == 9999) && !(MIN_SECS..=MAX_SECS).contains(&f.instant().secs) {
+        return None;
+    }
+    Some(f)
 }
 
 impl Fields {
@@ -251,6 +262,13 @@ mod tests {
     }
 
     #[test]
+    fn the_first_and_last_instants_of_four_digit_years_are_kept() {
+        assert_eq!(normalize(b"0000-01-01T00:30:00+00:30").unwrap(), "0000-01-01T00:00:00.000000000Z");
+        assert_eq!(normalize(b"9999-12-31T23:59:59.999999999Z").unwrap(), "9999-12-31T23:59:59.999999999Z");
+        assert_eq!(normalize(b"9999-12-31T22:59:59-01:00").unwrap(), "9999-12-31T23:59:59.000000000Z");
+    }
+
+    #[test]
     fn long_fractions_are_cut_to_nanoseconds() {
         assert_eq!(normalize(b"2026-11-27T00:17:09.1234567891234Z").unwrap(), "2026-11-27T00:17:09.123456789Z");
     }
@@ -268,6 +286,9 @@ mod tests {
             b"2026-11-27T00:00:00+0100",
             b"2026-11-27T00:00:00Zjunk",
             b"\xff\xfe-11-27T00:00:00Z",
+            // Hostile input (issue #14, found by the `cri` fuzz target): out of range once in UTC.
+            b"0000-01-01T00:00:00+01:00",
+            b"9999-12-31T23:59:59.5-00:01",
         ] {
             assert!(parse(bad).is_none(), "{:?}", String::from_utf8_lossy(bad));
         }
