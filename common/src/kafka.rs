@@ -450,6 +450,18 @@ impl SecurityWatch {
         }
     }
 
+    /// A broker answered an authenticated request (e.g. metadata): authentication and TLS
+    /// failures are over; an authorization failure stays until the refused operation succeeds.
+    pub fn connected(&self) {
+        if !self.failing.load(Ordering::Relaxed) {
+            return;
+        }
+        let cause = self.current.lock().expect("security watch lock").as_ref().map(|(c, _)| *c);
+        if matches!(cause, Some(SecurityCause::Authentication | SecurityCause::Tls)) {
+            self.clear();
+        }
+    }
+
     fn explain(&self, cause: SecurityCause, detail: &str) -> String {
         let user = if self.principal.is_empty() { String::new() } else { format!(" for user `{}`", self.principal) };
         match cause {
@@ -617,7 +629,12 @@ mod tests {
         let pw = file("x");
         let both = format!("kafka.security.sasl.password_file={}", pw.path().display());
         let p = problems(
-            &["kafka.security.protocol=sasl_ssl", "kafka.security.sasl.username=u", "kafka.security.sasl.password=y", &both],
+            &[
+                "kafka.security.protocol=sasl_ssl",
+                "kafka.security.sasl.username=u",
+                "kafka.security.sasl.password=y",
+                &both,
+            ],
             &[],
         );
         assert_eq!(p, vec!["kafka.security.sasl.password: set either `password` or `password_file`, not both"]);
@@ -657,7 +674,10 @@ mod tests {
             Some(SecurityCause::Tls)
         );
         assert_eq!(classify(Some(C::TopicAuthorizationFailed), ""), Some(SecurityCause::Authorization));
-        assert_eq!(classify(None, "FindCoordinator response error: Group authorization failed."), Some(SecurityCause::Authorization));
+        assert_eq!(
+            classify(None, "FindCoordinator response error: Group authorization failed."),
+            Some(SecurityCause::Authorization)
+        );
         assert_eq!(classify(Some(C::MessageTimedOut), "Message timed out"), None);
 
         let watch = SecurityWatch::new("test client", &KafkaSecurity::default()).with_health(Health::new());

@@ -119,6 +119,11 @@ fn inspect(config: &ShipperConfig, format: &str, files: &[std::path::PathBuf]) -
 }
 
 fn run(config: ShipperConfig) -> anyhow::Result<()> {
+    if config.output == Output::Kafka {
+        for warning in config.kafka.security.warnings() {
+            tracing::warn!("{warning}");
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
