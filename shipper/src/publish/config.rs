@@ -206,6 +206,21 @@ mod tests {
     }
 
     #[test]
+    fn secrets_never_appear_in_debug() {
+        let mut c = KafkaConfig::default();
+        c.properties.insert("sasl.oauthbearer.client.secret".into(), Secret::new("prop-secret-1"));
+        c.security.sasl.password = Secret::new("sasl-secret-2");
+        c.security.tls.key_password = Secret::new("key-secret-3");
+        let debug = format!("{c:?}");
+        for secret in ["prop-secret-1", "sasl-secret-2", "key-secret-3"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        let p = problems(&c);
+        assert!(p.iter().any(|p| p.starts_with("security.sasl.password: needs protocol sasl")), "{p:?}");
+        assert!(!p.iter().any(|p| p.contains("secret")), "{p:?}");
+    }
+
+    #[test]
     fn topic_template_routes_by_namespace() {
         let mut c = KafkaConfig { topic_template: "logs.{namespace}".into(), ..Default::default() };
         let mut buf = String::new();
