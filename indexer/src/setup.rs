@@ -79,6 +79,15 @@ pub async fn create_topics(config: &IndexerConfig) -> Result<Vec<(String, TopicS
     // Fail fast with the cause (wrong password, untrusted certificate) instead of an admin
     // request timing out after 30 s.
     let probe = admin.inner().fetch_metadata(Some(&config.kafka.topic), Duration::from_secs(15));
+    if probe.is_err() {
+        // The error callback that says why arrives on librdkafka's own thread, maybe just after.
+        for _ in 0..30 {
+            if watch.failure().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     if let Some(failure) = watch.failure() {
         return Err(SetupError::Security(failure));
     }
