@@ -1,5 +1,6 @@
-//! A small Elasticsearch client for `verify`: refresh, count, and a full scan with a point in time
-//! and `search_after` (consistent over many pages, no scroll contexts).
+//! A small Elasticsearch/OpenSearch client for `verify`, `logs` and `top`: refresh, count, full
+//! scans and sorted pages with a point in time and `search_after` (consistent over many pages, no
+//! scroll contexts), `_mget`, `_msearch`; TLS, basic auth and API keys like the indexer.
 
 use std::time::Duration;
 
@@ -66,6 +67,7 @@ pub struct Es {
     http: Client,
     base: Url,
     auth: Option<(String, String)>,
+    api_key: Option<String>,
 }
 
 impl Es {
@@ -89,7 +91,7 @@ impl Es {
             .timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| bad(e.to_string()))?;
-        Ok(Es { http, base, auth })
+        Ok(Es { http, base, auth, api_key: None })
     }
 
     /// The base URL without credentials.
@@ -99,10 +101,7 @@ impl Es {
 
     async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<(StatusCode, Value), EsError> {
         let url = self.base.join(path).map_err(|e| EsError::Url { url: path.to_owned(), reason: e.to_string() })?;
-        let mut req = self.http.request(method.clone(), url.clone());
-        if let Some((u, p)) = &self.auth {
-            req = req.basic_auth(u, Some(p));
-        }
+        let mut req = self.authorize(self.http.request(method.clone(), url.clone()));
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -209,10 +208,8 @@ impl Es {
             .base
             .join("_bulk?refresh=true")
             .map_err(|e| EsError::Url { url: "_bulk".into(), reason: e.to_string() })?;
-        let mut req = self.http.post(url.clone()).header("content-type", "application/x-ndjson").body(ndjson);
-        if let Some((u, p)) = &self.auth {
-            req = req.basic_auth(u, Some(p));
-        }
+        let req =
+            self.authorize(self.http.post(url.clone()).header("content-type", "application/x-ndjson").body(ndjson));
         let http = |source| EsError::Http { method: Method::POST, url: url.to_string(), source };
         let resp = req.send().await.map_err(http)?;
         let status = resp.status();
@@ -221,5 +218,258 @@ impl Es {
             return Err(EsError::Status { method: Method::POST, url: url.to_string(), status, body: text });
         }
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
+
+/// Which search engine answers (point-in-time APIs differ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Elasticsearch (answers with `X-elastic-product: Elasticsearch`).
+    Elasticsearch,
+    /// OpenSearch (or anything else speaking the same search API).
+    OpenSearch,
+}
+
+/// Credentials for Elasticsearch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Auth {
+    /// No credentials.
+    #[default]
+    None,
+    /// HTTP basic auth.
+    Basic(String, String),
+    /// An API key, base64 of `id:key` (the `encoded` value Elasticsearch returns).
+    ApiKey(String),
+}
+
+/// How to reach Elasticsearch, the same settings as the indexer's `elasticsearch.*` keys.
+#[derive(Debug, Clone, Default)]
+pub struct EsSettings {
+    /// `http[s]://[user:password@]host:port`.
+    pub url: String,
+    /// Credentials (a `user:password@` in the URL is used when this is [`Auth::None`]).
+    pub auth: Auth,
+    /// PEM file with CA certificates to trust in addition to the system roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Accept any server certificate (testing only).
+    pub insecure_skip_verify: bool,
+    /// Timeout of one request.
+    pub timeout: Duration,
+}
+
+/// An open point in time (Elasticsearch `_pit`, OpenSearch `_search/point_in_time`).
+#[derive(Debug, Clone)]
+pub struct Pit {
+    /// The current id (a search may return a new one).
+    pub id: String,
+    flavor: Flavor,
+}
+
+/// One hit of a sorted search.
+#[derive(Debug, Clone)]
+pub struct SortedHit {
+    /// `_index`.
+    pub index: String,
+    /// `_id`.
+    pub id: String,
+    /// `_source`, or `Null` when not requested.
+    pub source: Value,
+    /// The sort values, for `search_after`.
+    pub sort: Value,
+}
+
+impl Es {
+    /// A client from full connection settings (TLS, basic auth or API key).
+    pub fn with_settings(settings: &EsSettings) -> Result<Es, EsError> {
+        let bad = |reason: String| EsError::Url { url: redact(&settings.url), reason };
+        let mut es = Es::new(&settings.url).map_err(|e| match e {
+            EsError::Url { reason, .. } => bad(reason),
+            other => other,
+        })?;
+        match &settings.auth {
+            Auth::None => {}
+            Auth::Basic(u, p) => es.auth = Some((u.clone(), p.clone())),
+            Auth::ApiKey(k) => {
+                es.auth = None;
+                es.api_key = Some(k.clone());
+            }
+        }
+        let mut builder = Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(if settings.timeout.is_zero() { Duration::from_secs(60) } else { settings.timeout });
+        if let Some(path) = &settings.ca_file {
+            let pem = std::fs::read(path).map_err(|e| bad(format!("reading the CA file {}: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| bad(format!("the CA file {} is not PEM: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(bad(format!("the CA file {} holds no certificate", path.display())));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if settings.insecure_skip_verify {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        es.http = builder.build().map_err(|e| bad(e.to_string()))?;
+        Ok(es)
+    }
+
+    /// Elasticsearch or OpenSearch, from `GET _nodes/_local` (`GET /` is missing in the
+    /// integration-test distributions): Elasticsearch 8 answers with `X-elastic-product`.
+    pub async fn flavor(&self) -> Result<Flavor, EsError> {
+        let url = self
+            .base
+            .join("_nodes/_local?filter_path=nodes.*.version")
+            .map_err(|e| EsError::Url { url: "_nodes/_local".into(), reason: e.to_string() })?;
+        let req = self.authorize(self.http.get(url.clone()));
+        let http = |source| EsError::Http { method: Method::GET, url: url.to_string(), source };
+        let resp = req.send().await.map_err(http)?;
+        let status = resp.status();
+        let elastic = resp.headers().contains_key("x-elastic-product");
+        // A user allowed to read logs but not to monitor nodes: Elasticsearch still names itself.
+        if status == StatusCode::FORBIDDEN {
+            return Ok(if elastic { Flavor::Elasticsearch } else { Flavor::OpenSearch });
+        }
+        if !status.is_success() {
+            let mut body = resp.text().await.unwrap_or_default();
+            body.truncate(600);
+            return Err(EsError::Status { method: Method::GET, url: url.to_string(), status, body });
+        }
+        Ok(if elastic { Flavor::Elasticsearch } else { Flavor::OpenSearch })
+    }
+
+    /// Opens a point in time over `index` (`keep_alive` like `1m`).
+    pub async fn open_pit(&self, flavor: Flavor, index: &str, keep_alive: &str) -> Result<Pit, EsError> {
+        let (path, field) = match flavor {
+            Flavor::Elasticsearch => (format!("{index}/_pit?keep_alive={keep_alive}"), "id"),
+            Flavor::OpenSearch => (format!("{index}/_search/point_in_time?keep_alive={keep_alive}"), "pit_id"),
+        };
+        let (_, v) = self.call(Method::POST, &path, None).await?;
+        let id = v[field]
+            .as_str()
+            .ok_or_else(|| EsError::Response { url: path.clone(), detail: format!("no {field} in {v}") })?;
+        Ok(Pit { id: id.to_owned(), flavor })
+    }
+
+    /// Closes a point in time (best effort: it expires anyway).
+    pub async fn close_pit(&self, pit: &Pit) {
+        let _ = match pit.flavor {
+            Flavor::Elasticsearch => self.call(Method::DELETE, "_pit", Some(&json!({ "id": pit.id }))).await,
+            Flavor::OpenSearch => {
+                self.call(Method::DELETE, "_search/point_in_time", Some(&json!({ "pit_id": [pit.id] }))).await
+            }
+        };
+    }
+
+    /// One page of a sorted search inside `pit` (`body` holds query, sort, size, `_source`);
+    /// `after` is the previous page's last sort values. Updates the pit id when it changes.
+    pub async fn pit_page(
+        &self,
+        pit: &mut Pit,
+        keep_alive: &str,
+        body: &Value,
+        after: Option<&Value>,
+    ) -> Result<Vec<SortedHit>, EsError> {
+        let mut body = body.clone();
+        body["pit"] = json!({"id": pit.id, "keep_alive": keep_alive});
+        if let Some(a) = after {
+            body["search_after"] = a.clone();
+        }
+        let (_, v) = self.call(Method::POST, "_search", Some(&body)).await?;
+        if let Some(id) = v["pit_id"].as_str() {
+            pit.id = id.to_owned();
+        }
+        hits_of(&v, "_search")
+    }
+
+    /// A sorted search without a point in time (`GET <index>/_search`); a missing index is an error.
+    pub async fn search(&self, index: &str, body: &Value) -> Result<Value, EsError> {
+        self.call(Method::POST, &format!("{index}/_search?allow_no_indices=false"), Some(body)).await.map(|(_, v)| v)
+    }
+
+    /// The hits of a search response.
+    pub fn hits(v: &Value) -> Result<Vec<SortedHit>, EsError> {
+        hits_of(v, "_search")
+    }
+
+    /// `_source` of documents by index and id (`_mget`), in request order; `Null` for missing ones.
+    pub async fn mget(&self, docs: &[(&str, &str)], source: &Value) -> Result<Vec<Value>, EsError> {
+        let body = json!({
+            "docs": docs.iter().map(|(index, id)| json!({"_index": index, "_id": id, "_source": source})).collect::<Vec<_>>()
+        });
+        let (_, v) = self.call(Method::POST, "_mget", Some(&body)).await?;
+        let list = v["docs"]
+            .as_array()
+            .ok_or_else(|| EsError::Response { url: "_mget".into(), detail: format!("no docs in {v}") })?;
+        Ok(list.iter().map(|d| d["_source"].clone()).collect())
+    }
+
+    /// Several searches in one request (`_msearch`): `(index, body)` pairs; the answers in order.
+    pub async fn msearch(&self, searches: &[(String, Value)]) -> Result<Vec<Value>, EsError> {
+        let mut nd = String::new();
+        for (index, body) in searches {
+            nd.push_str(&json!({"index": index, "allow_no_indices": true, "ignore_unavailable": true}).to_string());
+            nd.push('\n');
+            nd.push_str(&body.to_string());
+            nd.push('\n');
+        }
+        let v = self.ndjson("_msearch", nd).await?;
+        let responses = v["responses"]
+            .as_array()
+            .ok_or_else(|| EsError::Response { url: "_msearch".into(), detail: "no responses".into() })?;
+        Ok(responses.clone())
+    }
+
+    fn authorize(&self, mut req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if let Some((u, p)) = &self.auth {
+            req = req.basic_auth(u, Some(p));
+        }
+        if let Some(k) = &self.api_key {
+            req = req.header("authorization", format!("ApiKey {k}"));
+        }
+        req
+    }
+
+    async fn ndjson(&self, path: &str, ndjson: String) -> Result<Value, EsError> {
+        let url = self.base.join(path).map_err(|e| EsError::Url { url: path.into(), reason: e.to_string() })?;
+        let req =
+            self.authorize(self.http.post(url.clone()).header("content-type", "application/x-ndjson").body(ndjson));
+        let http = |source| EsError::Http { method: Method::POST, url: url.to_string(), source };
+        let resp = req.send().await.map_err(http)?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(http)?;
+        if !status.is_success() {
+            let mut body = text;
+            body.truncate(600);
+            return Err(EsError::Status { method: Method::POST, url: url.to_string(), status, body });
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
+
+fn hits_of(v: &Value, url: &str) -> Result<Vec<SortedHit>, EsError> {
+    let hits = v["hits"]["hits"]
+        .as_array()
+        .ok_or_else(|| EsError::Response { url: url.into(), detail: "no hits.hits".into() })?;
+    Ok(hits
+        .iter()
+        .map(|h| SortedHit {
+            index: h["_index"].as_str().unwrap_or_default().to_owned(),
+            id: h["_id"].as_str().unwrap_or_default().to_owned(),
+            source: h.get("_source").cloned().unwrap_or(Value::Null),
+            sort: h["sort"].clone(),
+        })
+        .collect())
+}
+
+/// `url` without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
     }
 }

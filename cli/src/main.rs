@@ -1,12 +1,14 @@
-//! `sluice`: load generator and end-to-end verifier (see the library documentation).
+//! `sluice`: read, follow and rank the logs; load generator and end-to-end verifier (see the library
+//! documentation).
 
+use std::io::{self, IsTerminal};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use sluice_cli::{loadgen, verify};
+use sluice_cli::{loadgen, logs, top, verify};
 
 /// The Sluice command-line tool.
 #[derive(Debug, Parser)]
@@ -18,6 +20,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Print (and with -f follow) container logs from Elasticsearch, like kubectl logs / stern.
+    Logs(Box<logs::LogsOptions>),
+    /// Who logs the most: lines/s and bytes/s by namespace, pod, container or node; with --kafka the indexer's lag.
+    Top(Box<top::TopOptions>),
     /// Write kubelet-style pod logs (CRI / docker, partials, stack traces, rotation, restarts) and a manifest.
     Loadgen(loadgen::LoadgenOptions),
     /// Check a loadgen run against Elasticsearch: every record exactly once (exit 0 yes, 1 loss or duplicates, 2 error).
@@ -42,6 +48,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     match cli.command {
+        Command::Logs(opts) => {
+            let colour = io::stdout().is_terminal() && !opts.no_color && std::env::var_os("NO_COLOR").is_none();
+            let out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
+            let code = rt.block_on(async {
+                tokio::select! {
+                    r = logs::run(&opts, out, colour) => r.map(|_| ExitCode::SUCCESS),
+                    code = interrupted() => Ok(code),
+                }
+            })?;
+            Ok(code)
+        }
+        Command::Top(opts) => {
+            let code = rt.block_on(async {
+                let mut out = io::stdout();
+                tokio::select! {
+                    r = top::run(&opts, &mut out) => r.map(|()| ExitCode::SUCCESS),
+                    code = interrupted() => Ok(code),
+                }
+            })?;
+            Ok(code)
+        }
         Command::Loadgen(opts) => {
             let stop = Arc::new(AtomicBool::new(false));
             let flag = stop.clone();
@@ -73,5 +100,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if report.passed(opts.strict) { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
+    }
+}
+
+/// Waits for Ctrl-C (exit 130) or SIGTERM (exit 143), the shell's codes for those signals.
+async fn interrupted() -> ExitCode {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => ExitCode::from(130),
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => ExitCode::from(143),
     }
 }

@@ -457,12 +457,19 @@ impl Shared {
             }
             self.metrics.assigned_partitions.set(tracker.partitions().len() as i64);
         }
+        // A partition re-assigned starts with no span pause of ours.
+        self.span_paused.lock().expect("span lock").retain(|p| !partitions.contains(p));
         if self.paused.load(Ordering::Relaxed) {
             if let Err(err) = consumer.pause(tpl) {
                 tracing::warn!(error = %err, "cannot pause newly assigned partitions");
             }
             let paused = consumer.assignment().map_or(0, |a| a.count());
             self.metrics.paused_partitions.set(paused as i64);
+        } else if let Err(err) = consumer.resume(tpl) {
+            // librdkafka keeps a partition's pause flag across revoke and re-assignment: a partition
+            // paused by back-pressure, revoked while paused and assigned back later would otherwise
+            // never be fetched again (seen as a silent stall in fault-matrix row 6).
+            tracing::warn!(error = %err, "cannot resume newly assigned partitions");
         }
         tracing::info!(?partitions, "partitions assigned");
     }

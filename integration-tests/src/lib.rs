@@ -92,6 +92,11 @@ pub struct Kafka {
 }
 
 impl Kafka {
+    /// A handle on brokers someone else runs (`host:port[,host:port]`); it owns no container.
+    pub fn external(bootstrap: String) -> Kafka {
+        Kafka { bootstrap, container: None }
+    }
+
     /// A client config pointing at this broker.
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
@@ -116,10 +121,17 @@ impl Kafka {
         self.container.as_ref().expect("stop() needs kafka_dedicated()").stop().await.expect("stop kafka");
     }
 
+    /// Kills the broker container at once (SIGKILL: no controlled shutdown). Panics for the shared broker.
+    pub async fn kill(&self) {
+        let container = self.container.as_ref().expect("kill() needs a dedicated broker");
+        container.stop_with_timeout(Some(0)).await.expect("kill kafka");
+    }
+
     /// Starts the broker container again after [`Kafka::stop`] and waits until it answers.
     pub async fn start(&self) {
         self.container.as_ref().expect("start() needs kafka_dedicated()").start().await.expect("start kafka");
-        wait_for_kafka(&self.bootstrap, Duration::from_secs(90)).await;
+        // Generous: a JVM restarting on a loaded 2-core machine has been seen to take over 90 s.
+        wait_for_kafka(&self.bootstrap, Duration::from_secs(240)).await;
     }
 }
 
@@ -156,6 +168,104 @@ pub async fn kafka_dedicated() -> Kafka {
     let bootstrap = format!("127.0.0.1:{port}");
     wait_for_kafka(&bootstrap, Duration::from_secs(60)).await;
     Kafka { bootstrap, container: Some(container) }
+}
+
+/// `nodes` private Kafka containers forming one KRaft cluster (each a combined broker and
+/// controller, all of them voters), configured like `./dev services --kafka-brokers 3`: default
+/// replication factor `min(nodes, 3)`, `min.insync.replicas` 2 from three nodes on, the internal
+/// topics replicated the same way. Element `i` is node `i + 1`; [`Kafka::bootstrap`] of each is its
+/// own listener, [`cluster_bootstrap`] joins them. Waits until every broker is in the metadata.
+pub async fn kafka_cluster(nodes: usize) -> Vec<Kafka> {
+    assert!(docker_available(), "{HOW_TO_START}");
+    assert!(nodes >= 2, "a cluster has at least two brokers");
+    let ports: Vec<(u16, u16)> = (0..nodes).map(|_| (free_port(), free_port())).collect();
+    let voters =
+        ports.iter().enumerate().map(|(i, (_, c))| format!("{}@127.0.0.1:{c}", i + 1)).collect::<Vec<_>>().join(",");
+    let rf = nodes.min(3).to_string();
+    let min_isr = if nodes >= 3 { "2" } else { "1" };
+    let cluster_id = kraft_cluster_id();
+    let (name, tag) = kafka_image();
+    let starts = ports.iter().enumerate().map(|(i, (port, controller))| {
+        GenericImage::new(name.clone(), tag.clone())
+            .with_wait_for(WaitFor::message_on_stdout(KAFKA_STARTED))
+            .with_network("host")
+            .with_label("sluice.test", "1")
+            .with_env_var("CLUSTER_ID", cluster_id.clone())
+            .with_env_var("KAFKA_NODE_ID", (i + 1).to_string())
+            .with_env_var("KAFKA_PROCESS_ROLES", "broker,controller")
+            .with_env_var(
+                "KAFKA_LISTENERS",
+                format!("PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}"),
+            )
+            .with_env_var("KAFKA_ADVERTISED_LISTENERS", format!("PLAINTEXT://127.0.0.1:{port}"))
+            .with_env_var("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
+            .with_env_var("KAFKA_INTER_BROKER_LISTENER_NAME", "PLAINTEXT")
+            .with_env_var("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT")
+            .with_env_var("KAFKA_CONTROLLER_QUORUM_VOTERS", voters.clone())
+            .with_env_var("KAFKA_DEFAULT_REPLICATION_FACTOR", rf.clone())
+            .with_env_var("KAFKA_MIN_INSYNC_REPLICAS", min_isr)
+            .with_env_var("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", rf.clone())
+            .with_env_var("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", rf.clone())
+            .with_env_var("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", min_isr)
+            .with_env_var("KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR", rf.clone())
+            .with_env_var("KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR", min_isr)
+            .with_env_var("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
+            .with_env_var("KAFKA_HEAP_OPTS", "-Xmx384m -Xms128m")
+            .with_startup_timeout(Duration::from_secs(480))
+            .start()
+    });
+    // All at once: a node reports "started" only once the controller quorum has a majority.
+    let containers = futures_join_all(starts).await;
+    let mut out = Vec::new();
+    for ((port, _), container) in ports.iter().zip(containers) {
+        let container = container.unwrap_or_else(|err| panic!("cannot start a Kafka node: {err}\n{HOW_TO_START}"));
+        out.push(Kafka { bootstrap: format!("127.0.0.1:{port}"), container: Some(container) });
+    }
+    let bootstrap = cluster_bootstrap(&out);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen = {
+            let bootstrap = bootstrap.clone();
+            tokio::task::spawn_blocking(move || {
+                use rdkafka::consumer::{BaseConsumer, Consumer};
+                let consumer: BaseConsumer =
+                    ClientConfig::new().set("bootstrap.servers", &bootstrap).create().expect("metadata client");
+                consumer.fetch_metadata(None, Duration::from_secs(3)).map(|m| m.brokers().len()).unwrap_or(0)
+            })
+            .await
+            .expect("metadata task")
+        };
+        if seen == nodes {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "only {seen} of {nodes} Kafka brokers joined the cluster");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The bootstrap list of all nodes of a [`kafka_cluster`] (`host:port,host:port,…`).
+pub fn cluster_bootstrap(nodes: &[Kafka]) -> String {
+    nodes.iter().map(|k| k.bootstrap.as_str()).collect::<Vec<_>>().join(",")
+}
+
+/// A KRaft cluster id: 16 bytes in URL-safe base64 without padding (what `kafka-storage random-uuid`
+/// prints). The bytes only need to differ between runs: pid, time and a counter, no RNG needed.
+fn kraft_cluster_id() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&(nanos as u64).to_le_bytes());
+    bytes[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+    bytes[12..].copy_from_slice(&N.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
+        for k in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * k) & 63) as usize] as char);
+        }
+    }
+    out
 }
 
 async fn wait_for_kafka(bootstrap: &str, timeout: Duration) {
@@ -253,7 +363,8 @@ impl Search {
     /// Starts the node container again after [`Search::stop`] and waits for green/yellow health.
     pub async fn start(&self) {
         self.container.as_ref().expect("start() needs search_dedicated()").start().await.expect("start search");
-        wait_for_client(&self.client(), &self.url, Duration::from_secs(120)).await;
+        // Shard recovery after a restart took over 5 min at a load average of 60–110 on 2 cores.
+        wait_for_client(&self.client(), &self.url, Duration::from_secs(600)).await;
     }
 }
 
@@ -298,14 +409,15 @@ pub async fn search_dedicated(flavor: Flavor, settings: &[(&str, &str)]) -> Sear
         .with_env_var("http.port", http.to_string())
         .with_env_var("transport.port", transport.to_string())
         .with_env_var(java_opts, "-Xms512m -Xmx512m")
-        .with_startup_timeout(Duration::from_secs(240));
+        // Generous: at a load average near 100 on 2 cores a node took over 4 min to start.
+        .with_startup_timeout(Duration::from_secs(600));
     for (key, value) in settings {
         request = request.with_env_var(*key, *value);
     }
     let container =
         request.start().await.unwrap_or_else(|err| panic!("cannot start {flavor:?} container: {err}\n{HOW_TO_START}"));
     let url = format!("http://127.0.0.1:{http}");
-    let seen = wait_for_search(&url, Duration::from_secs(120)).await;
+    let seen = wait_for_search(&url, Duration::from_secs(300)).await;
     assert_eq!(seen, flavor, "the image at {url} is not {flavor:?}");
     Search { url, flavor, credentials: None, ca_pem: None, container: Some(container) }
 }
@@ -364,7 +476,7 @@ pub async fn search_cluster(nodes: usize) -> Vec<Search> {
             .with_env_var("transport.port", transport.to_string())
             .with_env_var("discovery.seed_hosts", seeds.clone())
             .with_env_var("ES_JAVA_OPTS", "-Xms512m -Xmx512m")
-            .with_startup_timeout(Duration::from_secs(240));
+            .with_startup_timeout(Duration::from_secs(600));
         request = if i == 0 {
             request.with_env_var("cluster.initial_master_nodes", format!("{cluster}-0"))
         } else {
@@ -385,7 +497,7 @@ pub async fn search_cluster(nodes: usize) -> Vec<Search> {
             container: Some(container),
         });
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let health = get_json(&out[0].client(), "/_cluster/health").await;
         if health.as_ref().and_then(|h| h["number_of_nodes"].as_u64()) == Some(nodes as u64) {
