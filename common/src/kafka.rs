@@ -503,6 +503,9 @@ impl ClientContext for WatchContext {
     }
 }
 
+/// For a metadata-only consumer (no group) whose `poll` serves the error callbacks.
+impl rdkafka::consumer::ConsumerContext for WatchContext {}
+
 /// Routes one librdkafka log line: an error-level line about security goes to `watch` (logged
 /// once), other error-level lines are logged at warn, the rest at debug/trace. For contexts that
 /// implement `ClientContext::log` themselves.

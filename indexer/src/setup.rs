@@ -7,8 +7,8 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use sluice_common::kafka::{SecurityWatch, WatchContext};
 
@@ -78,15 +78,15 @@ pub async fn create_topics(config: &IndexerConfig) -> Result<Vec<(String, TopicS
     let admin: AdminClient<WatchContext> =
         crate::kafka::base_config(config, "sluice-indexer-setup")?.create_with_context(WatchContext(watch.clone()))?;
     // Fail fast with the cause (wrong password, untrusted certificate) instead of an admin
-    // request timing out after 30 s. The probe runs on a producer of the same settings: nothing
+    // request timing out after 30 s. The probe runs on a consumer of the same settings: nothing
     // serves the admin client's main queue, where librdkafka's error callbacks arrive.
-    let probe_client: BaseProducer<WatchContext> =
+    let probe_client: BaseConsumer<WatchContext> =
         crate::kafka::base_config(config, "sluice-indexer-setup")?.create_with_context(WatchContext(watch.clone()))?;
     let probe = probe_client.client().fetch_metadata(Some(&config.kafka.topic), Duration::from_secs(15));
     if probe.is_err() {
         // Serve the error callbacks that say why.
         for _ in 0..30 {
-            probe_client.poll(Duration::from_millis(100));
+            let _ = probe_client.poll(Duration::from_millis(100));
             if watch.failure().is_some() {
                 break;
             }
