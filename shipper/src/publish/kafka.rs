@@ -396,7 +396,9 @@ impl KafkaSink {
             self.shared.queued.fetch_sub(bytes as i64, Ordering::Relaxed);
             let code = err.rdkafka_error_code();
             self.shared.metrics.delivery_errors.get_or_create(&label(code)).inc();
-            if code != Some(RDKafkaErrorCode::QueueFull) {
+            if code != Some(RDKafkaErrorCode::QueueFull)
+                && !self.shared.security.observe_error(&err, &format!("producing to {topic}"))
+            {
                 self.shared.log_limited(&format!("send-{code:?}"), &format!("producing to {topic} failed: {err}"));
             }
             let headers = record
