@@ -58,6 +58,16 @@ impl Problems {
         self.prefix.pop();
     }
 
+    /// Enters a nested key path (`kafka` → problems at `kafka.…`) until [`Problems::prefix_pop`].
+    pub fn prefix_push(&mut self, key: &str) {
+        self.prefix.push(key.to_owned());
+    }
+
+    /// Leaves the key path entered last with [`Problems::prefix_push`].
+    pub fn prefix_pop(&mut self) {
+        self.prefix.pop();
+    }
+
     /// Checks a condition, recording `message` at `key` when it does not hold.
     pub fn check(&mut self, ok: bool, key: &str, message: &str) {
         if !ok {

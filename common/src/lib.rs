@@ -5,6 +5,9 @@
 //!   indexer contract of `shared/DESIGN.md`. Nothing else defines these fields.
 //! - [`config`]: YAML + `SLUICE_…` environment + `--set` layering, `deny_unknown_fields`,
 //!   [`config::Validate`] with key paths.
+//! - [`secret`]: secret values (never printed) and their `*_file` alternatives.
+//! - [`kafka`]: `kafka.security.*`, the TLS/SASL settings of every Kafka client, and the one-message
+//!   reporting of authentication, TLS and ACL failures.
 //! - [`cli`]: flags both binaries share and the `--check-config` flow.
 //! - [`telemetry`]: `tracing` set-up, human or JSON.
 //! - [`server`]: `/metrics` (Prometheus), `/healthz`, `/readyz`.
@@ -12,7 +15,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod kafka;
 pub mod schema;
+pub mod secret;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -12,7 +12,9 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sluice_common::config::{MetricsConfig, Problems, Validate, validate_host_ports};
+use sluice_common::kafka::KafkaSecurity;
 use sluice_common::schema::{DEFAULT_DLQ_TOPIC, DEFAULT_TOPIC};
+pub use sluice_common::secret::Secret;
 
 use crate::index::IndexPattern;
 
@@ -118,7 +120,11 @@ pub struct KafkaConfig {
     /// read) exceeds this is paused alone until the span halves: one stuck record holds back only
     /// its partition, and only this many offsets are re-read after a restart.
     pub max_unsettled_span: u64,
-    /// Extra librdkafka properties (e.g. `security.protocol`, `sasl.*`); values are redacted in logs.
+    /// `kafka.security.*`: TLS and SASL of every Kafka client of the indexer (consumer,
+    /// dead-letter producer, `setup`'s admin client).
+    pub security: KafkaSecurity,
+    /// Extra librdkafka properties (e.g. `client.rack`); values are redacted in logs. TLS and SASL
+    /// are set with `kafka.security.*`.
     pub properties: BTreeMap<String, Secret>,
 }
 
@@ -139,6 +145,7 @@ impl Default for KafkaConfig {
             prefetch_bytes: ByteSize::mib(8),
             pause_after: Duration::from_millis(500),
             max_unsettled_span: 1_000_000,
+            security: KafkaSecurity::default(),
             properties: BTreeMap::new(),
         }
     }
@@ -156,6 +163,8 @@ impl Validate for KafkaConfig {
         p.check(self.prefetch_bytes.0 >= 1024, "prefetch_bytes", "must be at least 1KiB");
         p.check(self.pause_after <= Duration::from_secs(10), "pause_after", "must be at most 10s");
         p.check(self.max_unsettled_span >= 1000, "max_unsettled_span", "must be at least 1000");
+        p.section("security", &self.security);
+        KafkaSecurity::validate_properties(p, self.properties.keys());
         for key in self.properties.keys() {
             const OWNED: [&str; 6] = [
                 "bootstrap.servers",
@@ -236,7 +245,8 @@ impl Validate for ElasticsearchConfig {
     }
 }
 
-/// `elasticsearch.auth.*`: basic auth or an API key (not both).
+/// `elasticsearch.auth.*`: basic auth or an API key (not both). Each secret can come from a file
+/// (`*_file`, a mounted Kubernetes Secret) or the environment (`SLUICE_ELASTICSEARCH__AUTH__PASSWORD`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
@@ -244,18 +254,35 @@ pub struct AuthConfig {
     pub username: String,
     /// Basic-auth password.
     pub password: Secret,
+    /// File holding the basic-auth password.
+    pub password_file: Option<PathBuf>,
     /// API key, base64 of `id:key` as Elasticsearch returns it in `encoded`.
     pub api_key: Secret,
+    /// File holding the API key.
+    pub api_key_file: Option<PathBuf>,
+}
+
+impl AuthConfig {
+    fn has_api_key(&self) -> bool {
+        !self.api_key.is_empty() || self.api_key_file.is_some()
+    }
+
+    fn has_password(&self) -> bool {
+        !self.password.is_empty() || self.password_file.is_some()
+    }
 }
 
 impl Validate for AuthConfig {
     fn validate(&self, p: &mut Problems) {
+        use sluice_common::secret::validate_pair;
         p.check(
-            self.username.is_empty() || self.api_key.is_empty(),
+            self.username.is_empty() || !self.has_api_key(),
             "api_key",
             "set either username/password or api_key, not both",
         );
-        p.check(self.password.is_empty() || !self.username.is_empty(), "username", "is required with a password");
+        p.check(!self.has_password() || !self.username.is_empty(), "username", "is required with a password");
+        validate_pair(p, "password", !self.password.is_empty(), self.password_file.as_deref(), None);
+        validate_pair(p, "api_key", !self.api_key.is_empty(), self.api_key_file.as_deref(), None);
     }
 }
 
@@ -519,13 +546,20 @@ impl IndexerConfig {
     /// (basic auth, an API key, or `user:password@` in a URL) sent over plain `http://`.
     pub fn warnings(&self) -> Vec<String> {
         let es = &self.elasticsearch;
-        let configured = !es.auth.username.is_empty() || !es.auth.api_key.is_empty();
-        let mut out = Vec::new();
+        let mut out = self.kafka.security.warnings();
+        if es.tls.insecure_skip_verify {
+            out.push(
+                "elasticsearch.tls.insecure_skip_verify is true: the nodes' certificates are NOT verified, anyone \
+                 on the network path can read the logs and the credentials (for tests only)"
+                    .to_owned(),
+            );
+        }
+        let configured = !es.auth.username.is_empty() || es.auth.has_api_key();
         for (i, url) in es.urls.iter().enumerate() {
             let parsed = elasticsearch::http::Url::parse(url.expose()).ok();
             let in_url = parsed.as_ref().is_some_and(|u| !u.username().is_empty() || u.password().is_some());
             if url.expose().starts_with("http://") && (configured || in_url) {
-                let what = if !es.auth.api_key.is_empty() { "an API key" } else { "basic-auth credentials" };
+                let what = if es.auth.has_api_key() { "an API key" } else { "basic-auth credentials" };
                 out.push(format!(
                     "elasticsearch.urls[{i}]: {what} would be sent in plain text over `{}`; use https://",
                     url.redacted_parsed()
@@ -616,62 +650,6 @@ impl Serialize for SecretUrl {
 impl<'de> Deserialize<'de> for SecretUrl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d).map(SecretUrl::from)
-    }
-}
-
-/// A secret string (password, API key, librdkafka property value): `Debug` prints `***`, the
-/// value is zeroed when dropped (`secrecy::SecretString`). Empty means unset.
-#[derive(Clone, Default)]
-pub struct Secret(SecretString);
-
-impl Secret {
-    /// Wraps a value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(SecretString::from(value.into()))
-    }
-
-    /// The secret value; use only to hand it to a client.
-    pub fn expose(&self) -> &str {
-        self.0.expose_secret()
-    }
-
-    /// Whether no value is set.
-    pub fn is_empty(&self) -> bool {
-        self.expose().is_empty()
-    }
-}
-
-impl PartialEq for Secret {
-    fn eq(&self, other: &Self) -> bool {
-        self.expose() == other.expose()
-    }
-}
-
-impl Eq for Secret {}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.is_empty() { "\"\"" } else { "\"***\"" })
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // Serialised only to learn the configuration's shape (defaults are empty).
-        s.serialize_str(self.expose())
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // Accept numbers and booleans too: `SLUICE_…=12345` overrides arrive as YAML scalars.
-        match serde_json::Value::deserialize(d)? {
-            serde_json::Value::String(s) => Ok(Secret::new(s)),
-            serde_json::Value::Number(n) => Ok(Secret::new(n.to_string())),
-            serde_json::Value::Bool(b) => Ok(Secret::new(b.to_string())),
-            serde_json::Value::Null => Ok(Secret::default()),
-            _ => Err(serde::de::Error::custom("expected a string")),
-        }
     }
 }
 

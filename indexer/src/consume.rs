@@ -31,6 +31,9 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use sluice_common::kafka::{SecurityWatch, log_through};
+use sluice_common::server::Health;
+
 use crate::backlog::Backlog;
 use crate::batch::{Batch, Batcher, LatePolicy, RecordRef};
 use crate::config::IndexerConfig;
@@ -76,6 +79,8 @@ pub struct Shared {
     shutdown_deadline: Mutex<Option<Instant>>,
     retention_days: u32,
     late_policy: LatePolicy,
+    /// Authentication, TLS and ACL failures: logged once, shown on `/readyz`.
+    security: Arc<SecurityWatch>,
 }
 
 impl Shared {
@@ -104,7 +109,15 @@ impl Shared {
             shutdown_deadline: Mutex::new(None),
             retention_days: config.retention.days,
             late_policy: config.retention.late_records,
+            security: Arc::new(SecurityWatch::new("indexer consumer", &config.kafka.security)),
         }
+    }
+
+    /// Reports Kafka security failures (wrong password, untrusted certificate, missing ACL) also
+    /// on `/readyz` of `health`.
+    pub fn with_health(mut self, config: &IndexerConfig, health: Health) -> Self {
+        self.security = Arc::new(SecurityWatch::new("indexer consumer", &config.kafka.security).with_health(health));
+        self
     }
 
     /// Registers a batch's records with the tracker and hands it to the bulk stage.
@@ -476,6 +489,16 @@ impl IndexerContext {
 }
 
 impl ClientContext for IndexerContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        log_through(&self.shared.security, level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !self.shared.security.observe_error(&error, reason) {
+            tracing::warn!("Kafka consumer error: {error}: {reason}");
+        }
+    }
+
     fn stats(&self, statistics: Statistics) {
         let Some(topic) = statistics.topics.get(&self.shared.topic) else { return };
         let assigned = self.shared.tracker.lock().expect("tracker lock").partitions();
@@ -505,6 +528,7 @@ impl ConsumerContext for IndexerContext {
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
             Ok(()) => {
+                self.shared.security.clear();
                 self.shared.metrics.commit(true);
                 let mut tracker = self.shared.tracker.lock().expect("tracker lock");
                 for e in offsets.elements() {
@@ -522,15 +546,10 @@ impl ConsumerContext for IndexerContext {
 }
 
 /// The librdkafka consumer configuration.
-pub fn client_config(config: &IndexerConfig) -> ClientConfig {
+pub fn client_config(config: &IndexerConfig) -> KafkaResult<ClientConfig> {
     let k = &config.kafka;
-    let mut c = ClientConfig::new();
-    for (key, value) in &k.properties {
-        c.set(key, value.expose());
-    }
-    c.set("bootstrap.servers", k.brokers.join(","))
-        .set("group.id", &k.group_id)
-        .set("client.id", "sluice-indexer")
+    let mut c = crate::kafka::base_config(config, "sluice-indexer")?;
+    c.set("group.id", &k.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
@@ -544,13 +563,13 @@ pub fn client_config(config: &IndexerConfig) -> ClientConfig {
     if !k.properties.contains_key("auto.offset.reset") {
         c.set("auto.offset.reset", "earliest");
     }
-    c
+    Ok(c)
 }
 
 /// Creates the consumer and subscribes to the topic.
 pub fn create(config: &IndexerConfig, shared: Arc<Shared>) -> KafkaResult<BaseConsumer<IndexerContext>> {
     let consumer: BaseConsumer<IndexerContext> =
-        client_config(config).create_with_context(IndexerContext::new(shared))?;
+        client_config(config)?.create_with_context(IndexerContext::new(shared))?;
     consumer.subscribe(&[&config.kafka.topic])?;
     Ok(consumer)
 }
@@ -602,6 +621,9 @@ pub fn run(
             if shared.paused.load(Ordering::Relaxed) { Duration::from_millis(5) } else { Duration::from_millis(100) };
         let timeout = deadline.map_or(max_wait, |d| d.saturating_duration_since(Instant::now())).min(max_wait);
         let mut report = |err: KafkaError| {
+            if shared.security.observe_error(&err, "") {
+                return; // logged once, on /readyz
+            }
             if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                 tracing::warn!(error = %err, "Kafka consumer error (repeats are logged every 10 s)");
                 last_error = Some(Instant::now());
@@ -609,6 +631,7 @@ pub fn run(
         };
         match consumer.poll(timeout) {
             Some(Ok(message)) => {
+                shared.security.clear();
                 shared.take(&message, &mut out);
                 // Take what librdkafka has ready without waiting (no clock reads, no timers), up to
                 // a burst, while the pipeline has room; the housekeeping below runs once per burst.

@@ -11,7 +11,7 @@
 //! idempotent-producer error) are reported as [`Failure::Permanent`]; a fatal producer is
 //! recreated.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -19,6 +19,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
+use sluice_common::kafka::{SecurityWatch, WatchContext};
 use sluice_common::schema::header;
 
 use crate::batch::{Batch, Item};
@@ -83,8 +84,9 @@ pub struct Letter<'a> {
 
 /// The dead-letter producer.
 pub struct DeadLetters {
-    producer: Mutex<FutureProducer>,
+    producer: Mutex<FutureProducer<WatchContext>>,
     client: ClientConfig,
+    watch: Arc<SecurityWatch>,
     topic: String,
     source_topic: String,
 }
@@ -98,21 +100,18 @@ impl std::fmt::Debug for DeadLetters {
 impl DeadLetters {
     /// An idempotent producer (acks=all) for the dead-letter topic.
     pub fn new(config: &IndexerConfig) -> Result<Self, KafkaError> {
-        let mut client = ClientConfig::new();
-        for (key, value) in &config.kafka.properties {
-            client.set(key, value.expose());
-        }
+        let mut client = crate::kafka::base_config(config, "sluice-indexer-dlq")?;
         client
-            .set("bootstrap.servers", config.kafka.brokers.join(","))
-            .set("client.id", "sluice-indexer-dlq")
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("compression.type", "zstd")
             .set("message.max.bytes", PRODUCER_MAX_MESSAGE_BYTES.to_string())
             .set("message.timeout.ms", "60000");
+        let watch = Arc::new(SecurityWatch::new("indexer dead-letter producer", &config.kafka.security));
         Ok(DeadLetters {
-            producer: Mutex::new(client.create()?),
+            producer: Mutex::new(client.create_with_context(WatchContext(watch.clone()))?),
+            watch,
             client,
             topic: config.dead_letter.topic.clone(),
             source_topic: config.kafka.topic.clone(),
@@ -177,8 +176,14 @@ impl DeadLetters {
         for (queued, truncated) in pending {
             results.push(match queued {
                 Ok(delivery) => match delivery.await {
-                    Ok(Ok(_)) => Ok(truncated),
-                    Ok(Err((err, _))) => Err(Failure::of(&err)),
+                    Ok(Ok(_)) => {
+                        self.watch.clear();
+                        Ok(truncated)
+                    }
+                    Ok(Err((err, _))) => {
+                        self.watch.observe_error(&err, &format!("writing to {}", self.topic));
+                        Err(Failure::of(&err))
+                    }
                     Err(_canceled) => Err(Failure::Retry("delivery canceled".into())),
                 },
                 Err(failure) => Err(failure),
@@ -187,7 +192,7 @@ impl DeadLetters {
         if let Some((code, reason)) = producer.client().fatal_error() {
             // An idempotent producer that hit a fatal error refuses every later write: start over.
             tracing::error!(?code, %reason, "dead-letter producer failed fatally; recreating it");
-            match self.client.create::<FutureProducer>() {
+            match self.client.create_with_context::<_, FutureProducer<WatchContext>>(WatchContext(self.watch.clone())) {
                 Ok(fresh) => *self.producer.lock().expect("producer lock") = fresh,
                 Err(err) => tracing::error!(error = %err, "cannot recreate the dead-letter producer"),
             }
@@ -195,7 +200,7 @@ impl DeadLetters {
         results
     }
 
-    fn producer(&self) -> FutureProducer {
+    fn producer(&self) -> FutureProducer<WatchContext> {
         self.producer.lock().expect("producer lock").clone()
     }
 }

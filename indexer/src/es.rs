@@ -17,7 +17,7 @@ use elasticsearch::http::headers::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use elasticsearch::http::transport::{SingleNodeConnectionPool, Transport, TransportBuilder};
 use elasticsearch::http::{Method, Url};
 
-use crate::config::{BreakerConfig, ElasticsearchConfig};
+use crate::config::{BreakerConfig, ElasticsearchConfig, Secret};
 
 /// Why the client cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,9 @@ pub enum BuildError {
     /// The HTTP client cannot be built.
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
+    /// A `*_file` secret (`elasticsearch.auth.password_file`, `api_key_file`) cannot be read.
+    #[error("elasticsearch.auth: {0}")]
+    Secret(#[from] sluice_common::secret::SecretFileError),
 }
 
 /// Why a request got no HTTP response.
@@ -221,7 +224,7 @@ impl NodePool {
         let mut nodes = Vec::new();
         for raw in &config.urls {
             let mut url = Url::parse(raw.expose()).map_err(|_| BuildError::Url(raw.redacted()))?;
-            let mut credentials = credentials(config);
+            let mut credentials = credentials(config)?;
             if !url.username().is_empty() {
                 // Credentials in the URL are moved to the Authorization header (and out of logs).
                 if credentials.is_none() {
@@ -443,15 +446,17 @@ fn classify_error(node: &str, error: &elasticsearch::Error) -> RequestError {
     }
 }
 
-fn credentials(config: &ElasticsearchConfig) -> Option<Credentials> {
+fn credentials(config: &ElasticsearchConfig) -> Result<Option<Credentials>, BuildError> {
     let auth = &config.auth;
-    if !auth.api_key.is_empty() {
-        Some(Credentials::EncodedApiKey(auth.api_key.expose().to_owned()))
+    let api_key = Secret::resolve(&auth.api_key, auth.api_key_file.as_deref())?;
+    Ok(if !api_key.is_empty() {
+        Some(Credentials::EncodedApiKey(api_key.expose().to_owned()))
     } else if !auth.username.is_empty() {
-        Some(Credentials::Basic(auth.username.clone(), auth.password.expose().to_owned()))
+        let password = Secret::resolve(&auth.password, auth.password_file.as_deref())?;
+        Some(Credentials::Basic(auth.username.clone(), password.expose().to_owned()))
     } else {
         None
-    }
+    })
 }
 
 /// A URL for messages: credentials removed.

@@ -19,10 +19,12 @@
 //!   Elasticsearch-vs-OpenSearch detection.
 //! - [`settle`]: per-partition settled-prefix tracking: what may be committed.
 //! - [`overload`]: AIMD concurrency limiter and the write gate for blocked clusters.
+//! - [`kafka`]: what every Kafka client shares (brokers, properties, `kafka.security.*`).
 //! - [`dlq`]: the dead-letter producer.
 //! - [`backoff`]: jittered exponential backoff.
 //! - [`template`], [`setup`]: the index template and the `setup` subcommand (topics + template).
 //! - [`retention`]: deletion of whole old indices.
+//! - [`privileges`]: the Elasticsearch privileges `run` needs, checked at start.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`pipeline`]: the `run` subcommand wiring it all together.
 
@@ -35,9 +37,11 @@ pub mod consume;
 pub mod dlq;
 pub mod es;
 pub mod index;
+pub mod kafka;
 pub mod metrics;
 pub mod overload;
 pub mod pipeline;
+pub mod privileges;
 pub mod retention;
 pub mod settle;
 pub mod setup;

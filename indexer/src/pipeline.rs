@@ -19,6 +19,7 @@ use crate::es::{BuildError, Distribution, NodePool};
 use crate::index::{IndexError, IndexPattern};
 use crate::metrics::Metrics;
 use crate::overload::{Change, Limiter, WriteGate};
+use crate::privileges::{self, Outcome, PrivilegeError};
 use crate::settle::Tracker;
 use crate::{retention, template};
 
@@ -37,6 +38,9 @@ pub enum Error {
     /// The consumer thread could not be started.
     #[error("cannot start the consumer thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// The Elasticsearch user lacks a privilege `run` needs.
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
     /// A stage died (a panic): the process must end so that it is restarted, not hang.
     #[error("{0}")]
     StageDied(String),
@@ -89,6 +93,20 @@ pub async fn run(
         return Ok(());
     };
     tracing::info!(distribution = distribution.name(), version = distribution.version(), "search engine detected");
+    // Refuse to run without a right that will be needed (instead of failing record by record).
+    let required = privileges::required(&config, &pattern);
+    match privileges::check(&pool, &required).await {
+        Ok(Outcome::Held) => tracing::info!(
+            cluster = ?required.cluster, index = ?required.index, indices = %required.indices,
+            "the Elasticsearch user holds the privileges the indexer needs"
+        ),
+        Ok(Outcome::NotChecked(why)) => tracing::debug!(%why, "Elasticsearch privileges not checked"),
+        Err(err @ PrivilegeError::Missing { .. }) => {
+            health.set_not_ready(err.to_string());
+            return Err(err.into());
+        }
+        Err(err) => tracing::warn!(error = %err, "Elasticsearch privileges not checked"),
+    }
     if config.elasticsearch.template.install {
         let installed = until_ok("installing the index template", &health, &shutdown, || {
             template::install(&pool, &config.elasticsearch, &distribution)
@@ -153,14 +171,10 @@ async fn run_pipeline(
         max_docs: config.batch.max_docs,
         linger: config.batch.linger,
     };
-    let shared = Arc::new(Shared::new(
-        &config,
-        Batcher::new(pattern.clone(), limits),
-        tracker,
-        backlog.clone(),
-        metrics.clone(),
-        tx,
-    ));
+    let shared = Arc::new(
+        Shared::new(&config, Batcher::new(pattern.clone(), limits), tracker, backlog.clone(), metrics.clone(), tx)
+            .with_health(&config, health.clone()),
+    );
     let consumer = consume::create(&config, shared.clone())?;
     // The consumer stops on shutdown, or when another stage died.
     let stop = shutdown.child_token();

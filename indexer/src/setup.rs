@@ -4,11 +4,13 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
+use std::sync::Arc;
+
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
+use sluice_common::kafka::{SecurityWatch, WatchContext};
 
 use crate::config::IndexerConfig;
 use crate::es::{BuildError, DetectError, Distribution, NodePool};
@@ -21,6 +23,10 @@ pub enum SetupError {
     /// `{:#}` prints the chain.)
     #[error("Kafka admin client")]
     Kafka(#[from] KafkaError),
+    /// Kafka refused the credentials, the TLS handshake or an operation (missing ACL); the
+    /// message names the cause.
+    #[error("{0}")]
+    Security(String),
     /// A topic could not be created.
     #[error("cannot create topic {topic}: {code}")]
     Topic {
@@ -54,7 +60,7 @@ pub enum TopicStatus {
 pub const DLQ_HEADROOM: u64 = 64 << 10;
 
 /// `max.message.bytes` of a topic (its own or the broker's default), if it can be read.
-async fn records_max_message_bytes(admin: &AdminClient<DefaultClientContext>, topic: &str) -> Option<u64> {
+async fn records_max_message_bytes(admin: &AdminClient<WatchContext>, topic: &str) -> Option<u64> {
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
     let resources = admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options).await.ok()?;
     let resource = resources.into_iter().next()?.ok()?;
@@ -68,18 +74,37 @@ async fn records_max_message_bytes(admin: &AdminClient<DefaultClientContext>, to
 /// Creates the records topic and the dead-letter topic (sized for the largest record plus the
 /// error headers: `max.message.bytes` = the records topic's + [`DLQ_HEADROOM`]).
 pub async fn create_topics(config: &IndexerConfig) -> Result<Vec<(String, TopicStatus)>, SetupError> {
-    let mut client = ClientConfig::new();
-    for (key, value) in &config.kafka.properties {
-        client.set(key, value.expose());
+    let watch = Arc::new(SecurityWatch::new("indexer setup", &config.kafka.security));
+    let admin: AdminClient<WatchContext> =
+        crate::kafka::base_config(config, "sluice-indexer-setup")?.create_with_context(WatchContext(watch.clone()))?;
+    // Fail fast with the cause (wrong password, untrusted certificate) instead of an admin
+    // request timing out after 30 s. The probe runs on a consumer of the same settings: nothing
+    // serves the admin client's main queue, where librdkafka's error callbacks arrive.
+    let probe_client: BaseConsumer<WatchContext> =
+        crate::kafka::base_config(config, "sluice-indexer-setup")?.create_with_context(WatchContext(watch.clone()))?;
+    let probe = probe_client.client().fetch_metadata(Some(&config.kafka.topic), Duration::from_secs(15));
+    if probe.is_err() {
+        // Serve the error callbacks that say why.
+        for _ in 0..30 {
+            let _ = probe_client.poll(Duration::from_millis(100));
+            if watch.failure().is_some() {
+                break;
+            }
+        }
     }
-    let admin: AdminClient<DefaultClientContext> =
-        client.set("bootstrap.servers", config.kafka.brokers.join(",")).create()?;
+    if let Some(failure) = watch.failure() {
+        return Err(SetupError::Security(failure));
+    }
+    probe?;
     // -1: the brokers' default.replication.factor (KIP-464).
     let replication = config.kafka.replication_factor.map_or(-1, i32::from);
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let records =
         NewTopic::new(&config.kafka.topic, config.kafka.partitions as i32, TopicReplication::Fixed(replication));
-    let mut results = admin.create_topics([&records], &options).await?;
+    let mut results = match admin.create_topics([&records], &options).await {
+        Ok(results) => results,
+        Err(err) => return Err(watch.failure().map_or(SetupError::Kafka(err), SetupError::Security)),
+    };
     // A dead letter is a record plus its error headers: the DLQ topic must take the largest
     // record the records topic takes, and then some.
     let dlq_max = records_max_message_bytes(&admin, &config.kafka.topic).await.map(|max| max + DLQ_HEADROOM);
@@ -98,7 +123,12 @@ pub async fn create_topics(config: &IndexerConfig) -> Result<Vec<(String, TopicS
         match result {
             Ok(topic) => report.push((topic, TopicStatus::Created)),
             Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => report.push((topic, TopicStatus::Existed)),
-            Err((topic, code)) => return Err(SetupError::Topic { topic, code }),
+            Err((topic, code)) => {
+                if watch.observe(Some(code), &format!("creating topic {topic}: {code}")) {
+                    return Err(SetupError::Security(watch.failure().unwrap_or_default()));
+                }
+                return Err(SetupError::Topic { topic, code });
+            }
         }
     }
     Ok(report)
@@ -114,6 +144,9 @@ pub async fn install_template(config: &IndexerConfig) -> Result<Distribution, Se
 
 /// The whole `setup` subcommand.
 pub async fn run(config: &IndexerConfig) -> Result<(), SetupError> {
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     for (topic, status) in create_topics(config).await? {
         match status {
             TopicStatus::Created => tracing::info!(%topic, "topic created"),

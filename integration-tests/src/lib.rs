@@ -33,6 +33,7 @@ use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
 pub mod helm;
 pub mod kube;
+pub mod secure;
 
 /// Environment variable naming a running Kafka (`host:port[,host:port]`).
 pub const KAFKA_ENV: &str = "KAFKA_BOOTSTRAP_SERVERS";

@@ -119,6 +119,11 @@ fn inspect(config: &ShipperConfig, format: &str, files: &[std::path::PathBuf]) -
 }
 
 fn run(config: ShipperConfig) -> anyhow::Result<()> {
+    if config.output == Output::Kafka {
+        for warning in config.kafka.security.warnings() {
+            tracing::warn!("{warning}");
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -226,8 +231,11 @@ fn spawn_readiness(probe: Probe, health: Health, shutdown: tokio_util::sync::Can
                     health.set_ready();
                 }
                 Ok(Err(e)) => {
-                    if was_ready {
+                    // A security failure was logged once already (with its cause); do not repeat it.
+                    if was_ready && !e.starts_with("Kafka ") {
                         tracing::warn!(error = %e, "Kafka metadata request failed; not ready");
+                    } else if was_ready {
+                        tracing::warn!("not ready (see the Kafka error above)");
                     }
                     was_ready = false;
                     health.set_not_ready(format!("kafka: {e}"));

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sluice_common::config::{Problems, Validate, validate_host_ports};
+use sluice_common::kafka::KafkaSecurity;
 use sluice_common::schema::DEFAULT_TOPIC;
+use sluice_common::secret::Secret;
 
 use crate::config::ByteSize;
 
@@ -67,9 +69,12 @@ pub struct KafkaConfig {
     /// produces it again with the same id (it is never skipped).
     #[serde(with = "humantime_serde")]
     pub delivery_timeout: Duration,
-    /// Further librdkafka properties passed through as they are (`security.protocol`, `client.id`,
-    /// …). Keys that would break the delivery guarantees are refused (see [`FORBIDDEN_PROPERTIES`]).
-    pub properties: BTreeMap<String, String>,
+    /// `kafka.security.*`: TLS and SASL (`sluice_common::kafka`, the same shape in every binary).
+    pub security: KafkaSecurity,
+    /// Further librdkafka properties passed through as they are (`client.id`, …; values are
+    /// redacted in `Debug`). Keys that would break the delivery guarantees are refused (see
+    /// [`FORBIDDEN_PROPERTIES`]), and so are those `kafka.security.*` sets.
+    pub properties: BTreeMap<String, Secret>,
 }
 
 impl Default for KafkaConfig {
@@ -83,6 +88,7 @@ impl Default for KafkaConfig {
             batch_bytes: ByteSize::mib(1),
             max_message_bytes: ByteSize(1_000_000),
             delivery_timeout: Duration::from_secs(60),
+            security: KafkaSecurity::default(),
             properties: BTreeMap::new(),
         }
     }
@@ -153,8 +159,11 @@ impl Validate for KafkaConfig {
         p.check(self.batch_bytes.0 >= 1024, "batch_bytes", "must be at least 1024");
         p.check(self.delivery_timeout >= Duration::from_secs(1), "delivery_timeout", "must be at least 1s");
         p.check(self.linger <= Duration::from_secs(5), "linger", "must be at most 5s");
+        p.section("security", &self.security);
+        KafkaSecurity::validate_properties(p, self.properties.keys());
         for (key, value) in &self.properties {
             let k = key.trim();
+            let value = value.expose();
             if let Some((_, why)) = FORBIDDEN_PROPERTIES.iter().find(|(f, _)| *f == k) {
                 let allowed = match k {
                     "acks" | "request.required.acks" => matches!(value.trim(), "all" | "-1"),
@@ -186,14 +195,29 @@ mod tests {
     #[test]
     fn guarantee_breaking_properties_are_refused() {
         let mut c = KafkaConfig::default();
-        c.properties.insert("acks".into(), "0".into());
-        c.properties.insert("enable.idempotence".into(), "false".into());
-        c.properties.insert("client.id".into(), "x".into());
-        c.properties.insert("request.required.acks".into(), "all".into());
+        c.properties.insert("acks".into(), Secret::new("0"));
+        c.properties.insert("enable.idempotence".into(), Secret::new("false"));
+        c.properties.insert("client.id".into(), Secret::new("x"));
+        c.properties.insert("request.required.acks".into(), Secret::new("all"));
         let p = problems(&c);
         assert!(p.iter().any(|p| p.starts_with("properties.acks: refused")), "{p:?}");
         assert!(p.iter().any(|p| p.starts_with("properties.enable.idempotence: refused")), "{p:?}");
         assert!(!p.iter().any(|p| p.contains("client.id") || p.contains("request.required")), "{p:?}");
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug() {
+        let mut c = KafkaConfig::default();
+        c.properties.insert("sasl.oauthbearer.client.secret".into(), Secret::new("prop-secret-1"));
+        c.security.sasl.password = Secret::new("sasl-secret-2");
+        c.security.tls.key_password = Secret::new("key-secret-3");
+        let debug = format!("{c:?}");
+        for secret in ["prop-secret-1", "sasl-secret-2", "key-secret-3"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        let p = problems(&c);
+        assert!(p.iter().any(|p| p.starts_with("security.sasl.password: needs protocol sasl")), "{p:?}");
+        assert!(!p.iter().any(|p| p.contains("secret")), "{p:?}");
     }
 
     #[test]

@@ -26,6 +26,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig};
+use sluice_common::kafka::{SecurityError, SecurityWatch, log_through};
 use sluice_common::schema::{SCHEMA_VERSION, header};
 
 use super::config::KafkaConfig;
@@ -57,6 +58,9 @@ pub enum PublishError {
     /// librdkafka refused the configuration.
     #[error("creating the Kafka producer: {0}")]
     Create(#[from] KafkaError),
+    /// A `kafka.security.*_file` secret could not be read.
+    #[error("kafka.security: {0}")]
+    Security(#[from] SecurityError),
 }
 
 /// Per-message state carried through librdkafka to the delivery report.
@@ -101,6 +105,8 @@ struct Shared {
     /// Bytes handed to librdkafka and not yet reported.
     queued: AtomicI64,
     logged: Mutex<HashMap<String, Instant>>,
+    /// Authentication, TLS and ACL failures: logged once, shown on `/readyz` (through [`Probe`]).
+    security: SecurityWatch,
 }
 
 impl Shared {
@@ -128,17 +134,20 @@ impl ClientContext for Context {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
-                self.0.log_limited(fac, message)
+                if !self.0.security.observe(None, message) {
+                    self.0.log_limited(fac, message)
+                }
             }
-            RDKafkaLogLevel::Warning | RDKafkaLogLevel::Notice => tracing::debug!(fac, "librdkafka: {message}"),
-            _ => tracing::trace!(fac, "librdkafka: {message}"),
+            _ => log_through(&self.0.security, level, fac, message),
         }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         let code = error.rdkafka_error_code();
         self.0.metrics.client_errors.get_or_create(&label(code)).inc();
-        self.0.log_limited(&format!("{code:?}"), &format!("{error}: {reason}"));
+        if !self.0.security.observe_error(&error, reason) {
+            self.0.log_limited(&format!("{code:?}"), &format!("{error}: {reason}"));
+        }
     }
 }
 
@@ -150,6 +159,7 @@ impl ProducerContext for Context {
         shared.queued.fetch_sub(opaque.bytes as i64, Ordering::Relaxed);
         match result {
             Ok(_) => {
+                shared.security.clear();
                 shared.metrics.delivered.inc();
                 let mut acks = shared.acks.lock().expect("acks lock");
                 acks.tokens.push(opaque.token);
@@ -164,10 +174,12 @@ impl ProducerContext for Context {
             Err((err, msg)) => {
                 let code = err.rdkafka_error_code();
                 shared.metrics.delivery_errors.get_or_create(&label(code)).inc();
-                shared.log_limited(
-                    &format!("delivery-{code:?}"),
-                    &format!("delivery to {} failed ({err}); producing it again with the same id", msg.topic()),
-                );
+                if !shared.security.observe_error(err, &format!("producing to {}", msg.topic())) {
+                    shared.log_limited(
+                        &format!("delivery-{code:?}"),
+                        &format!("delivery to {} failed ({err}); producing it again with the same id", msg.topic()),
+                    );
+                }
                 let headers = msg
                     .headers()
                     .map(|h| {
@@ -263,11 +275,27 @@ pub struct Probe {
 
 impl Probe {
     /// One metadata request for the configured topic; `Ok(partitions)` when a broker answered.
+    /// A security failure seen meanwhile (wrong password, untrusted certificate, missing ACL)
+    /// is the error, with its cause.
     pub fn check(&self, timeout: Duration) -> Result<usize, String> {
-        let md = self.producer.client().fetch_metadata(Some(&self.topic), timeout).map_err(|e| e.to_string())?;
+        let security = &self.producer.context().0.security;
+        let md = self.producer.client().fetch_metadata(Some(&self.topic), timeout);
+        if let Ok(md) = &md
+            && md.topics().first().is_some_and(|t| t.error().is_none())
+        {
+            security.connected();
+        }
+        if let Some(failure) = security.failure() {
+            return Err(failure);
+        }
+        let md = md.map_err(|e| e.to_string())?;
         let topic = md.topics().first().ok_or("no topic in the metadata response")?;
         if let Some(err) = topic.error() {
-            return Err(format!("topic {}: {:?}", self.topic, RDKafkaErrorCode::from(err)));
+            let code = RDKafkaErrorCode::from(err);
+            if security.observe(Some(code), &format!("metadata of topic {}: {code}", self.topic)) {
+                return Err(security.failure().unwrap_or_default());
+            }
+            return Err(format!("topic {}: {code:?}", self.topic));
         }
         Ok(topic.partitions().len())
     }
@@ -294,8 +322,9 @@ impl KafkaSink {
         acker: Acker,
         metrics: PublishMetrics,
     ) -> Result<Self, PublishError> {
-        let client_config = client_config(cfg, inflight_limit);
+        let client_config = client_config(cfg, inflight_limit)?;
         let shared = Arc::new(Shared {
+            security: SecurityWatch::new("shipper producer", &cfg.security),
             acker,
             acks: Mutex::default(),
             failed: Mutex::default(),
@@ -367,7 +396,9 @@ impl KafkaSink {
             self.shared.queued.fetch_sub(bytes as i64, Ordering::Relaxed);
             let code = err.rdkafka_error_code();
             self.shared.metrics.delivery_errors.get_or_create(&label(code)).inc();
-            if code != Some(RDKafkaErrorCode::QueueFull) {
+            if code != Some(RDKafkaErrorCode::QueueFull)
+                && !self.shared.security.observe_error(&err, &format!("producing to {topic}"))
+            {
                 self.shared.log_limited(&format!("send-{code:?}"), &format!("producing to {topic} failed: {err}"));
             }
             let headers = record
@@ -528,11 +559,12 @@ impl Drop for KafkaSink {
 }
 
 /// The librdkafka configuration for `cfg` (exposed for tests and the benchmark).
-pub fn client_config(cfg: &KafkaConfig, inflight_limit: usize) -> ClientConfig {
+pub fn client_config(cfg: &KafkaConfig, inflight_limit: usize) -> Result<ClientConfig, SecurityError> {
     let mut c = ClientConfig::new();
     for (k, v) in &cfg.properties {
-        c.set(k.trim(), v.trim());
+        c.set(k.trim(), v.expose().trim());
     }
+    cfg.security.apply(&mut c)?;
     // A little above the read path's own limit, so that limit is what applies back-pressure.
     let queue_kib = (inflight_limit + cfg.max_message_bytes.as_usize()).div_ceil(1024) * 2;
     c.set("bootstrap.servers", cfg.brokers.join(","))
@@ -547,7 +579,7 @@ pub fn client_config(cfg: &KafkaConfig, inflight_limit: usize) -> ClientConfig {
         .set("queue.buffering.max.messages", "1000000")
         .set("delivery.report.only.error", "false");
     c.set_log_level(RDKafkaLogLevel::Warning);
-    c
+    Ok(c)
 }
 
 #[cfg(test)]
@@ -564,8 +596,8 @@ mod tests {
     #[test]
     fn guarantees_are_set_after_pass_through_properties() {
         let mut cfg = KafkaConfig::default();
-        cfg.properties.insert("client.id".into(), "shipper-1".into());
-        let c = client_config(&cfg, 16 << 20);
+        cfg.properties.insert("client.id".into(), sluice_common::secret::Secret::new("shipper-1"));
+        let c = client_config(&cfg, 16 << 20).unwrap();
         assert_eq!(c.get("acks"), Some("all"));
         assert_eq!(c.get("enable.idempotence"), Some("true"));
         assert_eq!(c.get("compression.type"), Some("zstd"));
