@@ -283,6 +283,94 @@ impl Validate for MetricsConfig {
     }
 }
 
+/// A size in bytes, one rule for every Sluice configuration: an integer (bytes), or a string with a
+/// unit — decimal `KB`, `MB`, `GB` (10³, 10⁶, 10⁹) or binary `KiB`, `MiB`, `GiB` (also `Ki`, `Mi`,
+/// `Gi`: 2¹⁰, 2²⁰, 2³⁰), any case, optionally separated by spaces. A bare `K`, `M` or `G` is
+/// rejected as ambiguous (the shipper once read `m` as MiB and the indexer as MB; neither meaning is
+/// applied silently).
+///
+/// Hand-rolled rather than the `bytesize` crate: its parser accepts bare `k`/`m`/`g` (as decimal),
+/// which would silently change the meaning of existing shipper configurations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// `n` KiB.
+    pub const fn kib(n: u64) -> Self {
+        ByteSize(n * 1024)
+    }
+
+    /// `n` MiB.
+    pub const fn mib(n: u64) -> Self {
+        ByteSize(n * 1024 * 1024)
+    }
+
+    /// The size as `usize` (saturating).
+    pub fn as_usize(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+
+    /// Parses `16MiB`, `512 KiB`, `5MB`, `1000` (see the type's rule).
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a byte size like 16MiB"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "ki" | "kib" => 1 << 10,
+            "mi" | "mib" => 1 << 20,
+            "gi" | "gib" => 1 << 30,
+            u @ ("k" | "m" | "g") => {
+                return Err(format!(
+                    "`{text}`: the unit `{u}` is ambiguous; write {n}{}iB (binary) or {n}{}B (decimal)",
+                    u.to_ascii_uppercase(),
+                    u.to_ascii_uppercase()
+                ));
+            }
+            _ => return Err(format!("`{text}`: unknown unit (use B, KiB, MiB, GiB, KB, MB, GB)")),
+        };
+        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("`{text}` is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes", self.0)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte size such as 1048576 or \"1MiB\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a byte size cannot be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -427,5 +515,35 @@ mod tests {
     fn empty_file_means_defaults() {
         let f = yaml("");
         assert!(load::<Conf>(Some(f.path()), vec![], &[]).is_ok());
+    }
+
+    /// One rule for both binaries: decimal `KB`/`MB`/`GB`, binary `KiB`/`MiB`/`GiB` (and `Ki`…),
+    /// bare `K`/`M`/`G` rejected as ambiguous.
+    #[test]
+    fn byte_size_has_one_rule() {
+        let p = |s: &str| ByteSize::parse(s).map(|b| b.0);
+        assert_eq!(p("42"), Ok(42));
+        assert_eq!(p("42B"), Ok(42));
+        assert_eq!(p("5MiB"), Ok(5 << 20));
+        assert_eq!(p("5 mib"), Ok(5 << 20));
+        assert_eq!(p("5Mi"), Ok(5 << 20));
+        assert_eq!(p("512 KiB"), Ok(512 << 10));
+        assert_eq!(p("1GiB"), Ok(1 << 30));
+        assert_eq!(p("5MB"), Ok(5_000_000));
+        assert_eq!(p("5mb"), Ok(5_000_000));
+        assert_eq!(p("2KB"), Ok(2000));
+        assert_eq!(p("1GB"), Ok(1_000_000_000));
+        for ambiguous in ["5m", "5M", "16k", "1g"] {
+            let e = p(ambiguous).unwrap_err();
+            assert!(e.contains("ambiguous"), "{ambiguous}: {e}");
+        }
+        assert!(p("MiB").is_err());
+        assert!(p("5XB").is_err());
+        assert!(p("99999999999999GiB").is_err());
+        let v: ByteSize = serde_json::from_value(serde_json::json!("16MiB")).unwrap();
+        assert_eq!(v, ByteSize::mib(16));
+        let v: ByteSize = serde_json::from_value(serde_json::json!(1024)).unwrap();
+        assert_eq!(v, ByteSize::kib(1));
+        assert!(serde_json::from_value::<ByteSize>(serde_json::json!(-1)).is_err());
     }
 }

@@ -60,3 +60,93 @@ fn invalid_config_refuses_to_run() {
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr(&output).contains("kafka.topic: must not be empty"));
 }
+
+/// Settings that let `run` start without services: `output: stdout` and temp directories for the
+/// shipper; Kafka and Elasticsearch nowhere for the indexer (which then waits for them, alive).
+fn runnable(dir: &std::path::Path) -> Vec<String> {
+    let mut set = vec!["metrics.listen=127.0.0.1:0".to_owned()];
+    if BIN.ends_with("sluice-shipper") {
+        set.push("output=stdout".into());
+        set.push("kubernetes.enabled=false".into());
+        set.push(format!("paths.root={}", dir.join("pods").display()));
+        set.push(format!("checkpoint.dir={}", dir.join("ckpt").display()));
+    } else {
+        set.push("kafka.brokers=127.0.0.1:1".into());
+        set.push("elasticsearch.urls=http://127.0.0.1:1".into());
+    }
+    set
+}
+
+fn with_sets<'a>(first: &[&'a str], sets: &'a [String]) -> Vec<&'a str> {
+    let mut args = first.to_vec();
+    for s in sets {
+        args.extend(["--set", s.as_str()]);
+    }
+    args
+}
+
+/// `--check-config` and `run` judge a configuration alike: what the check refuses, `run` refuses
+/// with the same problems (exit 1, nothing started); what it accepts, `run` starts with.
+#[test]
+fn check_config_and_run_agree_on_the_same_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("pods")).unwrap();
+    let base = runnable(dir.path());
+    let broken: &[&[&str]] = &[
+        &["kafka.topic="],
+        &["metrics.listen=nowhere"],
+        &["kafka.brokers=no-port", "kafka.topic="],
+        &["kafka.brokerz=x"],
+    ];
+    for case in broken {
+        let mut sets = base.clone();
+        sets.extend(case.iter().map(|s| s.to_string()));
+        let check = run(&with_sets(&["--check-config"], &sets), &[]);
+        assert_eq!(check.status.code(), Some(1), "{case:?}: {}", stderr(&check));
+        let problems: Vec<String> =
+            stderr(&check).lines().filter(|l| l.contains(": ")).map(|l| l.trim().to_owned()).collect();
+        assert!(!problems.is_empty(), "{case:?}: no problem reported:\n{}", stderr(&check));
+        let started = run(&with_sets(&[], &sets), &[]);
+        assert_eq!(started.status.code(), Some(1), "{case:?}: `run` did not refuse:\n{}", stderr(&started));
+        for problem in &problems {
+            assert!(stderr(&started).contains(problem.as_str()), "{case:?}: `run` misses {problem:?}:\n{}", stderr(&started));
+        }
+    }
+
+    let check = run(&with_sets(&["--check-config"], &base), &[]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    let log = dir.path().join("run.log");
+    let mut command = Command::new(BIN);
+    command.args(with_sets(&[], &base)).env_remove("RUST_LOG").env("RUST_LOG", "info");
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SLUICE_")) {
+        command.env_remove(key);
+    }
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn run");
+    // Started: the metrics server is listening (its address is logged).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let addr = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(at) = text.find("addr=") {
+            let addr: String = text[at + 5..].chars().take_while(|c| !c.is_whitespace()).collect();
+            break addr;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("`run` exited with {status} on a configuration --check-config accepts:\n{text}");
+        }
+        assert!(std::time::Instant::now() < deadline, "`run` did not start within 30 s:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stream = std::net::TcpStream::connect(addr.trim_matches('"')).expect("metrics server");
+    use std::io::{Read, Write};
+    write!(stream, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap().success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status} after SIGTERM:\n{}", std::fs::read_to_string(&log).unwrap());
+}

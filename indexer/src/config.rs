@@ -675,58 +675,8 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-/// A size in bytes: an integer, or a string with a unit (`512KiB`, `5MiB`, `1GiB`, `5MB`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ByteSize(pub u64);
-
-impl ByteSize {
-    /// `n` mebibytes.
-    pub const fn mib(n: u64) -> Self {
-        ByteSize(n * 1024 * 1024)
-    }
-
-    /// As `usize` (saturating).
-    pub fn as_usize(self) -> usize {
-        usize::try_from(self.0).unwrap_or(usize::MAX)
-    }
-
-    /// Parses `5MiB`, `512 KiB`, `1GB`, `42`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-        let (digits, unit) = text.split_at(split);
-        let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size like 5MiB"))?;
-        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" => 1000,
-            "kib" => 1 << 10,
-            "m" | "mb" => 1_000_000,
-            "mib" => 1 << 20,
-            "g" | "gb" => 1_000_000_000,
-            "gib" => 1 << 30,
-            _ => return Err(format!("`{text}`: unknown unit (use B, KiB, MiB, GiB, KB, MB, GB)")),
-        };
-        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("`{text}` is too large"))
-    }
-}
-
-impl Serialize for ByteSize {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match serde_json::Value::deserialize(d)? {
-            serde_json::Value::Number(n) => {
-                n.as_u64().map(ByteSize).ok_or_else(|| serde::de::Error::custom("must be a non-negative integer"))
-            }
-            serde_json::Value::String(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
-            _ => Err(serde::de::Error::custom("expected a size like 5MiB or a number of bytes")),
-        }
-    }
-}
+/// Byte sizes follow the one rule of [`sluice_common::config::ByteSize`].
+pub use sluice_common::config::ByteSize;
 
 #[cfg(test)]
 mod tests {

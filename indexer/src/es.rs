@@ -470,6 +470,8 @@ pub fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn breaker() -> Breaker {
@@ -544,33 +546,126 @@ mod tests {
         assert!(matches!(pool.pick(), Err(RequestError::NoNode { .. })));
     }
 
+    /// A port of 127.0.0.1 that refuses connections for as long as the socket lives: bound (so no
+    /// one else can take it) but not listening. (Ports like 7 or 9 may be open on some machines.)
+    fn closed_port() -> (tokio::net::TcpSocket, u16) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        (socket, port)
+    }
+
     #[tokio::test]
     async fn connection_refused_is_a_transport_error_and_counts_against_the_node() {
+        let (_held, port) = closed_port();
+        let url = format!("http://127.0.0.1:{port}");
         let config = ElasticsearchConfig {
-            urls: vec!["http://127.0.0.1:9".into()],
+            urls: vec![url.as_str().into()],
             breaker: BreakerConfig { failure_threshold: 1, ..BreakerConfig::default() },
             ..ElasticsearchConfig::default()
         };
         let pool = NodePool::new(&config).unwrap();
         let err = pool.send(Method::Get, "/_cluster/health", &[], None, None, None).await.unwrap_err();
         assert!(matches!(err, RequestError::Transport { .. }), "{err:?}");
-        assert_eq!(pool.node_states(), vec![("http://127.0.0.1:9".to_owned(), false)]);
+        assert_eq!(pool.node_states(), vec![(url.clone(), false)]);
         assert!(matches!(pool.send(Method::Get, "/", &[], None, None, None).await, Err(RequestError::NoNode { .. })));
     }
 
     #[tokio::test]
     async fn management_requests_fail_over_to_the_next_node() {
+        let ((_a, first), (_b, second)) = (closed_port(), closed_port());
+        let second_url = format!("http://127.0.0.1:{second}");
         let config = ElasticsearchConfig {
-            urls: vec!["http://127.0.0.1:9".into(), "http://127.0.0.1:7".into()],
+            urls: vec![format!("http://127.0.0.1:{first}").as_str().into(), second_url.as_str().into()],
             ..ElasticsearchConfig::default()
         };
         let pool = NodePool::new(&config).unwrap();
         let err = pool.send_failover(Method::Get, "/_cluster/health", &[], None, None, None).await.unwrap_err();
-        assert!(matches!(err, RequestError::Transport { ref node, .. } if node == "http://127.0.0.1:7"), "{err:?}");
+        assert!(matches!(err, RequestError::Transport { ref node, .. } if *node == second_url), "{err:?}");
         // Both nodes were tried once: each breaker counted one failure.
         for node in &pool.nodes {
             assert_eq!(node.breaker.lock().unwrap().failures, 1);
         }
+    }
+
+    /// A one-address HTTP server answering every request with `reply` (a whole HTTP response, as
+    /// recorded from Elasticsearch); returns its URL and the request heads it saw (lower case).
+    async fn recorded((head, body): (&'static str, &'static str)) -> (String, Arc<Mutex<Vec<String>>>) {
+        let reply = format!(
+            "{}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            head.replace('\n', "\r\n"),
+            body.len()
+        );
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = heads.clone();
+        tokio::spawn(async move {
+            let reply = reply;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                seen.lock().unwrap().push(String::from_utf8_lossy(&buf).to_ascii_lowercase());
+                let _ = stream.write_all(reply.as_bytes()).await;
+            }
+        });
+        (url, heads)
+    }
+
+    /// What Elasticsearch 8 answers `GET /_nodes/_local?filter_path=nodes.*.version` with.
+    const NODES_OK: (&str, &str) = (
+        "HTTP/1.1 200 OK\nX-elastic-product: Elasticsearch\ncontent-type: application/json",
+        r#"{"nodes":{"q1UgXc7ZQ":{"version":"8.19.21"}}}"#,
+    );
+
+    /// What Elasticsearch 8 answers a request with an API key it does not know (its shape: a
+    /// `security_exception` with `WWW-Authenticate: ApiKey`).
+    const API_KEY_REFUSED: (&str, &str) = (
+        "HTTP/1.1 401 Unauthorized\nWWW-Authenticate: ApiKey\nX-elastic-product: Elasticsearch\ncontent-type: application/json",
+        r#"{"error":{"root_cause":[{"type":"security_exception","reason":"unable to authenticate with provided credentials and anonymous access is not allowed for this request","additional_unsuccessful_credentials":"API key: api key [k1] does not exist"}],"type":"security_exception","reason":"unable to authenticate with provided credentials and anonymous access is not allowed for this request","additional_unsuccessful_credentials":"API key: api key [k1] does not exist"},"status":401}"#,
+    );
+
+    #[tokio::test]
+    async fn an_api_key_is_sent_as_the_apikey_authorization_header_and_its_refusal_is_reported() {
+        let (url, heads) = recorded(NODES_OK).await;
+        // Credentials in the URL give way to the API key and are never sent.
+        let with_user = url.replacen("http://", "http://user:url-secret@", 1);
+        let mut config =
+            ElasticsearchConfig { urls: vec![with_user.as_str().into()], ..ElasticsearchConfig::default() };
+        config.auth.api_key =
+            crate::config::Secret::new("VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw==");
+        let pool = NodePool::new(&config).unwrap();
+        assert_eq!(pool.detect().await.unwrap(), Distribution::Elasticsearch("8.19.21".into()));
+        let head = heads.lock().unwrap()[0].clone();
+        assert!(head.starts_with("get /_nodes/_local?filter_path=nodes.*.version "), "{head}");
+        let auth: Vec<&str> = head.lines().filter(|l| l.starts_with("authorization:")).collect();
+        assert_eq!(
+            auth,
+            vec![format!("authorization: apikey {}", config.auth.api_key.expose().to_ascii_lowercase())],
+            "exactly one ApiKey header (the request is lower-cased here)"
+        );
+        assert!(!head.contains("url-secret") && !head.contains("basic"), "{head}");
+
+        let (url, heads) = recorded(API_KEY_REFUSED).await;
+        let mut config = ElasticsearchConfig { urls: vec![url.as_str().into()], ..ElasticsearchConfig::default() };
+        config.auth.api_key = crate::config::Secret::new("a2V5Ondyb25n");
+        let pool = NodePool::new(&config).unwrap();
+        let err = pool.detect().await.unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, DetectError::Refused(401, _)), "{err:?}");
+        assert!(text.contains("refused the credentials (HTTP 401): unable to authenticate with provided credentials"));
+        assert!(text.contains("api_key"), "points at the setting: {text}");
+        assert!(!text.contains("a2V5Ondyb25n"), "the key is not in the error: {text}");
+        assert!(heads.lock().unwrap()[0].contains("authorization: apikey a2v5ondyb25n"));
+        // A refusal is not a node failure: the breaker stays closed.
+        assert_eq!(pool.node_states(), vec![(url, true)]);
     }
 
     #[test]

@@ -31,6 +31,7 @@ use testcontainers::core::WaitFor;
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
+pub mod helm;
 pub mod kube;
 
 /// Environment variable naming a running Kafka (`host:port[,host:port]`).
@@ -74,9 +75,46 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{}-{}-{n}-{}", prefix.to_ascii_lowercase(), std::process::id(), millis % 100_000_000)
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released; good enough for test containers).
+/// First and last port [`free_port`] hands out: below the kernel's ephemeral range (32768–60999
+/// by default, where `bind(0)` and every outgoing connection take their ports), above the shared
+/// stack's and the compose stack's ports (9092, 9200, 19xxx), below `cli/tests/compose_stack.rs`'s 29xxx.
+const LEASED_PORTS: (u16, u16) = (20_000, 28_999);
+
+/// A TCP port on 127.0.0.1 that is free and **stays reserved for this test process until it
+/// exits**, so that it can be handed to a container or child process that binds it later.
+///
+/// A port from `bind(0)` released before use can be taken in between by another test's container
+/// (host networking) or by any outgoing connection. Instead, ports come from [`LEASED_PORTS`]
+/// (outside the ephemeral range: no outgoing connection gets one) and each is locked with an
+/// `flock` on `<tmp>/sluice-test-ports/<port>`, held until the process exits (the kernel releases
+/// it even after a crash), so no other test process hands it out meanwhile. A port nothing binds
+/// stays closed: it is also a "dead node" address no one else can take.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
+    use std::sync::Mutex;
+    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join("sluice-test-ports");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    let (first, last) = LEASED_PORTS;
+    let span = u32::from(last - first) + 1;
+    // Start at a different place per process: fewer collisions to skip.
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span + NEXT.fetch_add(1, Ordering::Relaxed);
+    for i in 0..span {
+        let port = first + ((start + i) % span) as u16;
+        let path = dir.join(port.to_string());
+        let Ok(file) = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path) else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue; // another test process holds it
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue; // something outside the tests uses it
+        }
+        HELD.lock().expect("port lease lock").push(file);
+        return port;
+    }
+    panic!("no free port in {first}–{last} (all leased or in use)")
 }
 
 fn docker_available() -> bool {

@@ -339,14 +339,19 @@ async fn shutdown_with_unsettled_records_waits_revoke_timeout_once() {
         search.request(Method::Put, &format!("/{old}"), Some(json!({"settings": {"index.blocks.write": true}}))).await;
     assert_eq!(status, 200, "{body}");
     let producer = producer(&kafka);
+    // Offsets 0–49 settle, 50 cannot (blocked index), 51–100 settle.
+    produce(&producer, &names.topic, &records(50, 1, 4, "stop-a")).await;
     produce(&producer, &names.topic, &dated(1, "2026-11-19", "stop-old")).await;
-    produce(&producer, &names.topic, &records(50, 1, 4, "stop")).await;
+    produce(&producer, &names.topic, &records(50, 1, 4, "stop-b")).await;
 
     let mut indexer = Indexer::spawn(&env, "it-dlv-stop");
-    wait_count(&search, &format!("{}-2026.11.25", names.index), 50, Duration::from_secs(60), &[&indexer]).await;
+    wait_count(&search, &format!("{}-2026.11.25", names.index), 100, Duration::from_secs(60), &[&indexer]).await;
+    assert!(indexer.readyz().starts_with("HTTP/1.1 200"), "{}", indexer.readyz());
     indexer
         .wait_metric("sluice_indexer_retried_items_total{reason=\"blocked\"}", Duration::from_secs(20), |n| n > 0.0)
         .await;
+    // (Read before the shutdown: afterwards the endpoint is gone.)
+    assert_eq!(indexer.metric_sum(DEAD_LETTERED), 0.0);
     let started = Instant::now();
     let status = indexer.terminate(Duration::from_secs(40));
     let took = started.elapsed();
@@ -356,7 +361,87 @@ async fn shutdown_with_unsettled_records_waits_revoke_timeout_once() {
         "shutdown took {took:?} with kafka.revoke_timeout 6s:\n{}",
         indexer.log_tail()
     );
-    assert_eq!(indexer.metric_sum(DEAD_LETTERED), 0.0);
+    // The drain committed the settled prefix and abandoned (and counted) the record in flight.
+    let (committed, _) = indexer_support::offsets(&kafka, &names.group, &names.topic).await;
+    assert_eq!(committed, vec![50], "the settled prefix, not past the unsettled record");
+    let log = indexer.log_text();
+    assert!(log.contains("abandoned after kafka.revoke_timeout") && log.contains("abandoned=1"), "{log}");
+    let _ = search.request(Method::Delete, &format!("/{old}"), None).await;
+}
+
+/// `/readyz` says why the indexer is not ready — before Elasticsearch answers, and while shutting
+/// down — and a second SIGTERM during a drain exits at once (code 130) instead of waiting out
+/// `kafka.revoke_timeout`, committing nothing past what settled.
+#[tokio::test]
+async fn readiness_follows_the_lifecycle_and_a_second_signal_exits_at_once() {
+    let kafka = kafka().await;
+    let search = elasticsearch().await;
+    let names = Names::new("it-dlv-ready");
+    let mut env = env(&kafka, &search, &names);
+    set(&mut env, "SLUICE_KAFKA__PARTITIONS", "1");
+    set(&mut env, "SLUICE_KAFKA__REVOKE_TIMEOUT", "60s");
+    set(&mut env, "SLUICE_KAFKA__MAX_POLL_INTERVAL", "90s");
+    set(&mut env, "SLUICE_ELASTICSEARCH__BLOCKED_PROBE_INTERVAL", "1s");
+    setup(&env);
+
+    // No Elasticsearch at the configured address (a port this test holds, nothing listens): the
+    // endpoint answers, not ready, with the reason.
+    let mut nowhere = env.clone();
+    set(
+        &mut nowhere,
+        "SLUICE_ELASTICSEARCH__URLS",
+        &format!("http://127.0.0.1:{}", sluice_integration_tests::free_port()),
+    );
+    let mut waiting = Indexer::spawn(&nowhere, "it-dlv-ready-nowhere");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answer = loop {
+        let answer = waiting.readyz();
+        if answer.contains("detecting Elasticsearch") {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "no readiness reason within 30 s: {answer:?}\n{}", waiting.log_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(waiting.terminate(Duration::from_secs(30)).success(), "{}", waiting.log_tail());
+
+    let old = format!("{}-2026.11.17", names.index);
+    let (status, body) =
+        search.request(Method::Put, &format!("/{old}"), Some(json!({"settings": {"index.blocks.write": true}}))).await;
+    assert_eq!(status, 200, "{body}");
+    let producer = producer(&kafka);
+    produce(&producer, &names.topic, &records(20, 1, 4, "ready-a")).await;
+    produce(&producer, &names.topic, &dated(1, "2026-11-17", "ready-old")).await;
+    let mut indexer = Indexer::spawn(&env, "it-dlv-ready");
+    wait_count(&search, &format!("{}-2026.11.25", names.index), 20, Duration::from_secs(60), &[&indexer]).await;
+    assert!(indexer.readyz().starts_with("HTTP/1.1 200"), "{}", indexer.readyz());
+    indexer
+        .wait_metric("sluice_indexer_retried_items_total{reason=\"blocked\"}", Duration::from_secs(20), |n| n > 0.0)
+        .await;
+
+    // First SIGTERM: the drain waits for the blocked record (up to 60 s) and readiness is false.
+    let pid = indexer.pid();
+    let kill = |signal: &str| {
+        let status = std::process::Command::new("kill").arg(signal).arg(pid.to_string()).status().unwrap();
+        assert!(status.success());
+    };
+    kill("-TERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !indexer.readyz().contains("shutting down") {
+        assert!(indexer.is_running(), "exited before the second signal:\n{}", indexer.log_tail());
+        assert!(Instant::now() < deadline, "readiness not withdrawn: {}\n{}", indexer.readyz(), indexer.log_tail());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(indexer.readyz().starts_with("HTTP/1.1 503"), "{}", indexer.readyz());
+    assert!(indexer.is_running(), "the drain should still wait for the blocked record");
+    let started = Instant::now();
+    kill("-TERM");
+    let status = indexer.wait_exit(Duration::from_secs(20)).expect("no exit within 20 s of the second SIGTERM");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(status.code(), Some(130), "{status:?}\n{}", indexer.log_tail());
+    assert!(indexer.log_text().contains("second signal, exiting without draining"), "{}", indexer.log_tail());
+    let (committed, _) = indexer_support::offsets(&kafka, &names.group, &names.topic).await;
+    assert!(committed[0] <= 20, "committed past the unsettled record: {committed:?}");
     let _ = search.request(Method::Delete, &format!("/{old}"), None).await;
 }
 

@@ -101,3 +101,91 @@ async fn a_429_storm_is_absorbed_by_backing_off() {
     assert_eq!(count(&search, &names.indices()).await, Some(total as u64));
     assert!(indexer.terminate(Duration::from_secs(30)).success(), "{}", indexer.log_tail());
 }
+
+/// The delivery loop's give-up paths against a real node (issue 15): `http.max_content_length`
+/// makes Elasticsearch answer 413 to large requests, so batches are split in halves until they
+/// fit and the one record that never fits is dead-lettered (`http_413`); a write pool of one
+/// thread and one queue slot rejects items (429), and with `retry.max_attempts` 2 the items
+/// rejected twice are dead-lettered as `retries_exhausted`. Every record is accounted for exactly
+/// once: indexed, or in the dead-letter topic (and then not in Elasticsearch).
+#[tokio::test]
+async fn a_413_splits_batches_and_max_attempts_dead_letters_every_record_exactly_once() {
+    use indexer_support::{header_value, read_all};
+    use rdkafka::Message;
+    let kafka = kafka().await;
+    let search = search_dedicated(
+        Flavor::Elasticsearch,
+        &[("http.max_content_length", "64kb"), ("thread_pool.write.size", "1"), ("thread_pool.write.queue_size", "1")],
+    )
+    .await;
+    let names = Names::new("it-idx-413");
+    let mut env = env(&kafka, &search, &names);
+    set(&mut env, "SLUICE_BATCH__MAX_DOCS", "1000");
+    set(&mut env, "SLUICE_CONCURRENCY__INITIAL", "16");
+    set(&mut env, "SLUICE_CONCURRENCY__MAX", "32");
+    set(&mut env, "SLUICE_KAFKA__PARTITIONS", "8");
+    set(&mut env, "SLUICE_RETRY__MAX_ATTEMPTS", "2");
+    set(&mut env, "SLUICE_RETRY__INITIAL_BACKOFF", "10ms");
+    setup(&env);
+    let total = 20_000;
+    let mut all = records(total, 1, 64, "split");
+    // One record larger than any request Elasticsearch accepts here.
+    let mut doc: serde_json::Value = serde_json::from_str(&all[77].payload).unwrap();
+    doc["message"] = serde_json::json!("y".repeat(100 * 1024));
+    all[77].payload = doc.to_string();
+    produce(&producer(&kafka), &names.topic, &all).await;
+
+    let mut indexer = Indexer::spawn(&env, "it-idx-413");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let metrics = loop {
+        let metrics = indexer.metrics();
+        let settled = indexer_support::metric_sum(&metrics, "sluice_indexer_docs_total");
+        if settled >= total as f64 {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "{settled} of {total} settled:\n{}", indexer.log_tail());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    wait_committed_to_end(&kafka, &names.group, &names.topic, Duration::from_secs(60)).await;
+    let sum = |series: &str| indexer_support::metric_sum(&metrics, series);
+    let (indexed, dead) = (
+        sum("sluice_indexer_docs_total{outcome=\"indexed\"}"),
+        sum("sluice_indexer_docs_total{outcome=\"dead_lettered\"}"),
+    );
+    assert_eq!(sum("sluice_indexer_docs_total{outcome=\"duplicate\"}"), 0.0, "{metrics}");
+    assert_eq!(indexed + dead, total as f64, "{metrics}");
+    assert!(sum("sluice_indexer_bulk_requests_total{result=\"http_413\"}") > 0.0, "no 413 met:\n{metrics}");
+    assert_eq!(
+        sum("sluice_indexer_dead_letters_total{type=\"http_413\"}"),
+        1.0,
+        "only the oversized record:\n{metrics}"
+    );
+    let exhausted = sum("sluice_indexer_dead_letters_total{type=\"retries_exhausted\"}");
+    assert!(exhausted > 0.0, "no record ran out of its 2 attempts in the storm:\n{metrics}");
+    assert_eq!(dead, exhausted + 1.0, "{metrics}");
+
+    // The letters are exactly the records missing from Elasticsearch.
+    let letters = read_all(&kafka, &names.dlq, dead as usize, Duration::from_secs(60)).await;
+    assert_eq!(letters.len(), dead as usize);
+    let mut dead_ids: Vec<String> = letters.iter().map(|l| header_value(l, "sluice.id").unwrap()).collect();
+    dead_ids.sort();
+    dead_ids.dedup();
+    assert_eq!(dead_ids.len(), letters.len(), "a letter written twice");
+    assert!(dead_ids.contains(&all[77].id));
+    let big = letters.iter().find(|l| header_value(l, "sluice.id").as_deref() == Some(&all[77].id)).unwrap();
+    assert_eq!(big.payload(), Some(all[77].payload.as_bytes()), "the whole record in its letter");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(count(&search, &names.indices()).await, Some(indexed as u64));
+    let index = format!("{}-2026.11.25", names.index);
+    let get = |id: String| {
+        let path = format!("/{index}/_doc/{id}");
+        let search = &search;
+        async move { search.request(elasticsearch::http::Method::Get, &path, None).await.0 }
+    };
+    let indexed_id = all.iter().find(|r| !dead_ids.contains(&r.id)).unwrap().id.clone();
+    assert_eq!(get(indexed_id).await, 200, "the lookup finds indexed records");
+    for id in dead_ids.iter().take(50) {
+        assert_eq!(get(id.clone()).await, 404, "{id} is both dead-lettered and indexed");
+    }
+    assert!(indexer.terminate(Duration::from_secs(30)).success(), "{}", indexer.log_tail());
+}

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use elasticsearch::http::Method;
 use indexer_support::{
-    Indexer, Names, count, env, metric_sum, offsets, produce, producer, records, set, setup, setup_output,
-    wait_committed_to_end, wait_count,
+    Indexer, Names, count, env, metric_sum, offsets, produce, producer, records, series_value, set, setup,
+    setup_output, wait_committed_to_end, wait_count,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::json;
@@ -70,7 +70,9 @@ async fn a_dead_node_in_the_url_list_is_skipped_by_its_breaker_and_nothing_is_lo
         })
         .await;
     let metrics = indexer.metrics();
-    assert_eq!(metric_sum(&metrics, &format!("sluice_indexer_node_up{{url=\"{dead}\"}}")), 0.0, "{metrics}");
+    // The series must exist (a gauge of 0, not a missing series read as 0).
+    let dead_up = series_value(&metrics, &format!("sluice_indexer_node_up{{url=\"{dead}\"}}"));
+    assert_eq!(dead_up, Some(0.0), "{metrics}");
     let failed = metric_sum(&metrics, "sluice_indexer_bulk_requests_total{result=\"transport\"}");
     let ok = metric_sum(&metrics, "sluice_indexer_bulk_requests_total{result=\"ok\"}");
     // The breaker opens after 3 failures; afterwards only its probes (1 s, 2 s, 4 s, … apart) go there.
@@ -119,6 +121,8 @@ async fn a_cluster_node_killed_mid_stream_loses_and_duplicates_nothing() {
     assert_eq!(nodes_with_primaries.len(), 2, "primaries on both nodes: {shards}");
 
     victim.kill().await;
+    let at_kill = count(survivor, &names.indices()).await.unwrap_or(0);
+    assert!(at_kill < total as u64, "all {at_kill} records were indexed before the kill: not mid-stream");
     produce(&producer, &names.topic, &records[8000..]).await;
     wait_count(survivor, &names.indices(), total as u64, Duration::from_secs(180), &[&indexer]).await;
     wait_committed_to_end(&kafka, &names.group, &names.topic, Duration::from_secs(60)).await;
@@ -133,6 +137,12 @@ async fn a_cluster_node_killed_mid_stream_loses_and_duplicates_nothing() {
             v == 0.0
         })
         .await;
+    // The kill landed on requests: some went to the dead node and failed, so their batches were
+    // sent again (re-delivery), and the exact count above is the proof that it duplicated nothing.
+    let metrics = indexer.metrics();
+    let failed = metric_sum(&metrics, "sluice_indexer_bulk_requests_total{result=\"transport\"}")
+        + metric_sum(&metrics, "sluice_indexer_bulk_requests_total{result=\"timeout\"}");
+    assert!(failed >= 1.0, "no request met the killed node: the kill proved nothing:\n{metrics}");
     let mut indexer = indexer;
     assert!(indexer.terminate(Duration::from_secs(30)).success(), "{}", indexer.log_tail());
 }
@@ -248,7 +258,8 @@ async fn https_with_basic_auth_indexes_and_a_wrong_password_commits_nothing() {
     let log = refused.log_text();
     assert!(!log.contains(WRONG), "the password is in the log:\n{log}");
     assert!(!refused.metrics().contains(WRONG), "the password is in the metrics");
-    refused.terminate(Duration::from_secs(30));
+    let status = refused.terminate(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status:?}\n{}", refused.log_tail());
 
     let mut indexer = Indexer::spawn(&good, "it-ha-tls");
     wait_count(&search, &names.indices(), 3000, Duration::from_secs(120), &[&indexer]).await;
@@ -280,8 +291,22 @@ fn utc_date(days_ago: i64) -> String {
     format!("{y:04}.{m:02}.{d:02}")
 }
 
+/// If midnight UTC is less than `margin` away, waits until it has passed: the test and the
+/// indexer compute "today" separately, and a test crossing midnight would expect yesterday's cutoff.
+async fn away_from_utc_midnight(margin: Duration) {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let to_midnight = 86_400 - secs % 86_400;
+    if to_midnight < margin.as_secs() {
+        eprintln!("waiting {to_midnight} s for midnight UTC to pass");
+        tokio::time::sleep(Duration::from_secs(to_midnight + 2)).await;
+    }
+}
+
 #[tokio::test]
 async fn retention_deletes_only_expired_indices_of_the_pattern() {
+    // The whole test (sweeps included) takes well under 3 minutes.
+    away_from_utc_midnight(Duration::from_secs(180)).await;
+    let started_day = utc_date(0);
     let kafka = kafka().await;
     let search = elasticsearch().await;
     let names = Names::new("it-ha-retention");
@@ -320,6 +345,7 @@ async fn retention_deletes_only_expired_indices_of_the_pattern() {
     let mut want = kept.to_vec();
     want.sort();
     assert_eq!(left, want);
+    assert_eq!(utc_date(0), started_day, "midnight UTC passed during the test: the margin is too small");
     assert!(indexer.terminate(Duration::from_secs(30)).success(), "{}", indexer.log_tail());
     for index in &kept {
         search.request(Method::Delete, &format!("/{index}"), None).await;
@@ -407,6 +433,10 @@ async fn a_kafka_broker_restart_mid_stream_loses_and_duplicates_nothing() {
     kafka.stop().await;
     tokio::time::sleep(Duration::from_secs(15)).await;
     assert!(indexer.is_running(), "the indexer must ride out a broker outage:\n{}", indexer.log_tail());
+    // The outage landed: the consumer saw it (errors logged or commits failed).
+    let noticed = indexer.log_text().contains("Kafka consumer error")
+        || indexer.metric_sum("sluice_indexer_commits_total{result=\"error\"}") > 0.0;
+    assert!(noticed, "the indexer did not notice the broker outage:\n{}", indexer.log_tail());
     kafka.start().await;
     produce(&producer(&kafka), &names.topic, &records[20_000..]).await;
     wait_count(&search, &names.indices(), total as u64, Duration::from_secs(180), &[&indexer]).await;

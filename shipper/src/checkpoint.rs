@@ -9,10 +9,15 @@
 //!
 //! The [`Store`] writes `shipper-checkpoint.json` in `checkpoint.dir`: written to a temporary file,
 //! fsynced, renamed over the old one, and the directory fsynced.
+//!
+//! Record boundaries cut by time or memory ([`crate::reassemble::Cuts`]) must be durable before the
+//! record is sent, which cannot wait for the next checkpoint write: each new cut is appended to the
+//! [`Journal`] (`shipper-cuts.jsonl`, fdatasync'd) first, and the journal is emptied after every
+//! checkpoint write, which carries the cuts beyond each generation's offset itself.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -174,6 +179,10 @@ pub struct Entry {
     /// that have no readable timestamp and none before them in the generation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_seen: Option<String>,
+    /// Record boundaries beyond `offset` set by time or memory (end offset, cut bits of
+    /// [`crate::reassemble::Cuts`]): a re-read cuts there again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cuts: Vec<(u64, u8)>,
 }
 
 /// The checkpoint file.
@@ -274,6 +283,99 @@ impl Store {
     }
 }
 
+/// File name of the cut journal.
+pub const JOURNAL_NAME: &str = "shipper-cuts.jsonl";
+
+/// One cut in the [`Journal`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalLine {
+    /// The generation id (hex).
+    pub id: String,
+    /// The live path of its file.
+    pub path: String,
+    /// End offset of the record that was cut.
+    pub end: u64,
+    /// Cut bits ([`crate::reassemble::Cuts`]) at `end`.
+    pub cuts: u8,
+}
+
+/// Record boundaries cut by time or memory since the last checkpoint write, one JSON line each,
+/// appended and fdatasync'd before the record is sent (see the module documentation). Emptied after
+/// every checkpoint write; a torn last line (crash while appending) is ignored, as its record was
+/// not sent.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    file: Option<File>,
+    appended: usize,
+}
+
+impl Journal {
+    /// The journal in `dir` (opened on first append).
+    pub fn open(dir: &Path) -> Self {
+        Journal { path: dir.join(JOURNAL_NAME), file: None, appended: 0 }
+    }
+
+    /// The cuts recorded since the last checkpoint write, in order; unreadable lines are skipped.
+    pub fn load(&self) -> Result<Vec<JournalLine>, CheckpointError> {
+        let f = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(CheckpointError::Io { path: self.path.clone(), source }),
+        };
+        let mut out = Vec::new();
+        for line in io::BufReader::new(f).split(b'\n') {
+            let line = line.map_err(|source| CheckpointError::Io { path: self.path.clone(), source })?;
+            if let Ok(l) = serde_json::from_slice::<JournalLine>(&line) {
+                out.push(l);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Appends one cut and waits until it is on disk.
+    pub fn append(&mut self, line: &JournalLine) -> Result<(), CheckpointError> {
+        let io_err = |source| CheckpointError::Io { path: self.path.clone(), source };
+        if self.file.is_none() {
+            let created = !self.path.exists();
+            let f = OpenOptions::new().create(true).append(true).open(&self.path).map_err(io_err)?;
+            if created && let Some(dir) = self.path.parent() {
+                File::open(dir).and_then(|d| d.sync_all()).map_err(io_err)?;
+            }
+            self.file = Some(f);
+        }
+        // The first line after opening starts on a line of its own (after a torn one, if any).
+        let mut bytes = if self.appended == 0 { b"\n".to_vec() } else { Vec::new() };
+        serde_json::to_writer(&mut bytes, line).expect("journal line serialises");
+        bytes.push(b'\n');
+        let f = self.file.as_mut().expect("journal open");
+        f.write_all(&bytes).and_then(|()| f.sync_data()).map_err(io_err)?;
+        self.appended += 1;
+        Ok(())
+    }
+
+    /// Lines appended since the last [`Journal::reset`].
+    pub fn appended(&self) -> usize {
+        self.appended
+    }
+
+    /// Empties the journal (after a checkpoint write that carries its cuts).
+    pub fn reset(&mut self) -> Result<(), CheckpointError> {
+        let io_err = |source| CheckpointError::Io { path: self.path.clone(), source };
+        match &self.file {
+            Some(f) => f.set_len(0).and_then(|()| f.sync_data()).map_err(io_err)?,
+            None => match OpenOptions::new().write(true).open(&self.path) {
+                Ok(f) => f.set_len(0).and_then(|()| f.sync_data()).map_err(io_err)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(e)),
+            },
+        }
+        self.appended = 0;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -332,6 +434,7 @@ mod tests {
             complete: false,
             skip: vec![(44, 50)],
             first_seen: Some("2026-11-27T00:00:00Z".into()),
+            cuts: vec![(47, 1)],
         }];
         store.save(entries.clone()).unwrap();
         assert_eq!(store.load().unwrap(), entries);
@@ -356,5 +459,34 @@ mod tests {
             prop_assert_eq!(t.inflight(), 40 - cut);
             for (s, _) in t.skip_list() { prop_assert!(s >= t.committed()); }
         }
+    }
+
+    #[test]
+    fn journal_appends_reloads_skips_a_torn_line_and_resets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path());
+        assert!(j.load().unwrap().is_empty());
+        j.reset().unwrap();
+        let line = |end| JournalLine { id: "ab".repeat(16), path: "/p/0.log".into(), end, cuts: 2 };
+        j.append(&line(10)).unwrap();
+        j.append(&line(20)).unwrap();
+        assert_eq!(j.appended(), 2);
+        // A crash while appending leaves a torn line.
+        OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(JOURNAL_NAME))
+            .unwrap()
+            .write_all(b"{\"id\":\"ab")
+            .unwrap();
+        assert_eq!(Journal::open(dir.path()).load().unwrap(), vec![line(10), line(20)]);
+        // The next run appends after the torn line without losing its own.
+        let mut again = Journal::open(dir.path());
+        again.append(&line(25)).unwrap();
+        assert_eq!(Journal::open(dir.path()).load().unwrap(), vec![line(10), line(20), line(25)]);
+        j.reset().unwrap();
+        assert_eq!(j.appended(), 0);
+        assert!(Journal::open(dir.path()).load().unwrap().is_empty());
+        j.append(&line(30)).unwrap();
+        assert_eq!(Journal::open(dir.path()).load().unwrap(), vec![line(30)]);
     }
 }

@@ -4,10 +4,9 @@
 //! key paths. Durations are human-readable (`1s`, `500ms`); byte sizes are integers or strings with a
 //! unit (`16MiB`, `512KiB`, `1GB`).
 
-use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use sluice_common::config::{MetricsConfig, Problems, Validate};
 
 /// Where records go.
@@ -105,76 +104,8 @@ impl Validate for ShipperConfig {
     }
 }
 
-/// A size in bytes: an integer, or a string with a unit (`B`, `KB`, `KiB`, `MB`, `MiB`, `GB`, `GiB`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ByteSize(pub u64);
-
-impl ByteSize {
-    /// `n` KiB.
-    pub const fn kib(n: u64) -> Self {
-        ByteSize(n * 1024)
-    }
-    /// `n` MiB.
-    pub const fn mib(n: u64) -> Self {
-        ByteSize(n * 1024 * 1024)
-    }
-    /// The size as `usize` (saturating).
-    pub fn as_usize(self) -> usize {
-        usize::try_from(self.0).unwrap_or(usize::MAX)
-    }
-    /// Parses `16MiB`, `512 KiB`, `1000`.
-    pub fn parse(text: &str) -> Option<ByteSize> {
-        let text = text.trim();
-        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-        let (digits, unit) = text.split_at(split);
-        let n: u64 = digits.parse().ok()?;
-        let mult: u64 = match unit.trim() {
-            "" | "B" | "b" => 1,
-            "KB" | "kB" | "kb" => 1000,
-            "KiB" | "Ki" | "K" | "k" => 1024,
-            "MB" | "mb" => 1_000_000,
-            "MiB" | "Mi" | "M" | "m" => 1024 * 1024,
-            "GB" | "gb" => 1_000_000_000,
-            "GiB" | "Gi" | "G" | "g" => 1024 * 1024 * 1024,
-            _ => return None,
-        };
-        n.checked_mul(mult).map(ByteSize)
-    }
-}
-
-impl fmt::Display for ByteSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} bytes", self.0)
-    }
-}
-
-impl Serialize for ByteSize {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = ByteSize;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a byte size such as 1048576 or \"1MiB\"")
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
-                Ok(ByteSize(v))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a byte size cannot be negative"))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
-                ByteSize::parse(v).ok_or_else(|| E::custom(format!("`{v}` is not a byte size like 16MiB")))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
+/// Byte sizes follow the one rule of [`sluice_common::config::ByteSize`].
+pub use sluice_common::config::ByteSize;
 
 /// `paths.*`: which files are read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -492,9 +423,9 @@ mod tests {
 
     #[test]
     fn byte_size_parsing() {
-        assert_eq!(ByteSize::parse("16MiB"), Some(ByteSize::mib(16)));
-        assert_eq!(ByteSize::parse("1 KB"), Some(ByteSize(1000)));
-        assert_eq!(ByteSize::parse("12"), Some(ByteSize(12)));
-        assert_eq!(ByteSize::parse("lots"), None);
+        assert_eq!(ByteSize::parse("16MiB"), Ok(ByteSize::mib(16)));
+        assert_eq!(ByteSize::parse("1 KB"), Ok(ByteSize(1000)));
+        assert_eq!(ByteSize::parse("12"), Ok(ByteSize(12)));
+        assert!(ByteSize::parse("lots").is_err());
     }
 }

@@ -9,7 +9,7 @@
 //!   record of the file is admitted, a record tagged `rate_limited` saying how many lines and bytes
 //!   were dropped goes first, so the loss is visible in Elasticsearch.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -153,7 +153,7 @@ impl Buckets {
 #[derive(Debug)]
 pub struct RateLimiter {
     config: RateLimitConfig,
-    namespaces: HashMap<String, Buckets>,
+    namespaces: hashbrown::HashMap<String, Buckets>,
 }
 
 /// The decision for one record.
@@ -168,20 +168,21 @@ pub enum Decision {
 impl RateLimiter {
     /// A limiter for `config` (no limits: everything is admitted).
     pub fn new(config: &RateLimitConfig) -> Self {
-        RateLimiter { config: config.clone(), namespaces: HashMap::new() }
+        RateLimiter { config: config.clone(), namespaces: hashbrown::HashMap::new() }
     }
 
     fn buckets(&mut self, namespace: &str, now: Instant) -> &mut Buckets {
-        if !self.namespaces.contains_key(namespace) {
-            let limit = self.config.namespaces.get(namespace).copied().unwrap_or_else(|| self.config.default_limit());
-            let b = Buckets {
-                lines: Bucket::new(limit.lines_per_second, self.config.burst, now),
-                bytes: Bucket::new(limit.bytes_per_second, self.config.burst, now),
-                action: limit.action.unwrap_or(self.config.action),
-            };
-            self.namespaces.insert(namespace.to_owned(), b);
-        }
-        self.namespaces.get_mut(namespace).expect("inserted")
+        // One lookup per call (`entry_ref` hashes once and allocates the key only on insert; std's
+        // `entry` needs an owned key, and `get_mut` then `insert` hashes twice).
+        let config = &self.config;
+        self.namespaces.entry_ref(namespace).or_insert_with(|| {
+            let limit = config.namespaces.get(namespace).copied().unwrap_or_else(|| config.default_limit());
+            Buckets {
+                lines: Bucket::new(limit.lines_per_second, config.burst, now),
+                bytes: Bucket::new(limit.bytes_per_second, config.burst, now),
+                action: limit.action.unwrap_or(config.action),
+            }
+        })
     }
 
     /// `delay`: whether files of `namespace` may be read now (`true` for `drop` namespaces, which

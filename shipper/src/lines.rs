@@ -14,7 +14,7 @@ use sluice_common::schema::Stream;
 use crate::config::Format;
 use crate::multiline::{Joiner, Rule};
 use crate::parse::{Fragment, ParseError, cri, detect, parse_line, timestamp};
-use crate::reassemble::{Assembler, Budget, FlushReason, Message, Tags, utf8_cut};
+use crate::reassemble::{Assembler, Budget, Cuts, FlushReason, Message, Stage, Tags, utf8_cut};
 use crate::record::parse_error_message;
 
 /// Receives what a [`LineProcessor`] produces.
@@ -29,6 +29,13 @@ pub trait Output {
     /// Stop after the current line (back-pressure).
     fn full(&self) -> bool {
         false
+    }
+    /// The message ending at `end` was cut by time or memory, not by the bytes; called before that
+    /// message is passed on. A re-read of the same bytes must cut there again ([`Output::recorded`]).
+    fn cut(&mut self, _end: u64, _cuts: Cuts) {}
+    /// Cuts at `end` recorded by an earlier read of the same bytes: forced again.
+    fn recorded(&self, _end: u64) -> Cuts {
+        Cuts::default()
     }
 }
 
@@ -87,18 +94,29 @@ impl<O: Output> Chain<'_, O> {
         // Routing (the index date) must follow from the bytes on disk: a message without a readable
         // timestamp takes the last readable one before it in the file; with none, an empty timestamp
         // tells the pipeline to use the generation's pinned date. Tagged and counted either way.
-        if timestamp::parse(&m.timestamp).is_none() {
+        if !timestamp::is_valid(&m.timestamp) {
             if !m.tags.contains(Tags::PARSE_ERROR) {
                 m.tags.insert(Tags::PARSE_ERROR);
                 self.out.parse_error(ParseError::Timestamp);
             }
             m.timestamp = Cow::Owned(self.fallback.to_vec());
         }
+        if let Some(cut) = m.flushed.and_then(|r| Cuts::of(Stage::Partial, r)) {
+            self.out.cut(m.end, cut);
+        }
         match self.joiner {
-            Some(j) => j.push(m, self.now, self.budget, &mut |m| self.out.message(m)),
+            Some(j) => j.push(m, self.now, self.budget, &mut |m, r| joined(self.out, m, r)),
             None => self.out.message(m),
         }
     }
+}
+
+/// Passes on a record of the multiline joiner, noting its cut first when memory or time made it.
+fn joined<O: Output>(out: &mut O, m: Message<'_>, cut: Option<FlushReason>) {
+    if let Some(cut) = cut.and_then(|r| Cuts::of(Stage::Multiline, r)) {
+        out.cut(m.end, cut);
+    }
+    out.message(m);
 }
 
 impl LineProcessor {
@@ -224,6 +242,7 @@ impl LineProcessor {
                 chain.send(m);
             }
         }
+        self.force(end, now, budgets, out);
         let resume = self.resume_point(end);
         out.line_done(resume);
     }
@@ -281,11 +300,29 @@ impl LineProcessor {
             }
             Some(LongLine { cri: None, .. }) => {}
         }
+        self.force(end, now, budgets, out);
         if last {
             self.long = None;
         }
         let resume = self.resume_point(end);
         out.line_done(resume);
+    }
+
+    /// Forces the cuts recorded at `end` by an earlier read of the same bytes (see [`Cuts`]): the
+    /// pending partial, then the pending multiline record, ending there is sent as it was then.
+    fn force<O: Output>(&mut self, end: u64, now: Instant, budgets: &mut Budgets, out: &mut O) {
+        let cuts = out.recorded(end);
+        if cuts.is_empty() {
+            return;
+        }
+        let Budgets { partial, multiline } = budgets;
+        let mut chain = Chain { joiner: &mut self.joiner, budget: multiline, now, out, fallback: &self.last_ts };
+        if let Some(reason) = cuts.reason(Stage::Partial) {
+            self.assembler.flush_ending_at(end, reason, partial, &mut |m| chain.send(m));
+        }
+        if let (Some(reason), Some(j)) = (cuts.reason(Stage::Multiline), chain.joiner.as_mut()) {
+            j.flush_ending_at(end, reason, &mut *chain.budget, &mut |m, r| joined(chain.out, m, r));
+        }
     }
 
     /// Sends partial and multiline records idle for longer than their timeouts.
@@ -294,7 +331,7 @@ impl LineProcessor {
         let mut chain = Chain { joiner: &mut self.joiner, budget: multiline, now, out, fallback: &self.last_ts };
         self.assembler.flush_expired(now, partial, &mut |m| chain.send(m));
         if let Some(j) = chain.joiner.as_mut() {
-            j.flush_expired(now, &mut *chain.budget, &mut |m| chain.out.message(m));
+            j.flush_expired(now, &mut *chain.budget, &mut |m, r| joined(chain.out, m, r));
         }
     }
 
@@ -305,7 +342,7 @@ impl LineProcessor {
             Chain { joiner: &mut self.joiner, budget: multiline, now: Instant::now(), out, fallback: &self.last_ts };
         self.assembler.flush_all(reason, partial, &mut |m| chain.send(m));
         if let Some(j) = chain.joiner.as_mut() {
-            j.flush_all(&mut *chain.budget, &mut |m| chain.out.message(m));
+            j.flush_all(&mut *chain.budget, &mut |m, r| joined(chain.out, m, r));
         }
         self.long = None;
     }
@@ -322,7 +359,7 @@ impl LineProcessor {
 
 /// Whether a parsed line's timestamp is readable (CRI timestamps are validated by the parser).
 fn readable(format: Format, frag: &Fragment<'_>) -> bool {
-    format == Format::Cri || timestamp::parse(&frag.timestamp).is_some()
+    format == Format::Cri || timestamp::is_valid(&frag.timestamp)
 }
 
 /// The readable timestamp of one physical line, if any.
@@ -691,5 +728,110 @@ mod tests {
             let want: Vec<&str> = whole.iter().map(|o| o.1.as_str()).collect();
             prop_assert_eq!(got, want);
         }
+    }
+
+    /// Collects messages and cuts; forces the cuts it was given (an earlier read's).
+    #[derive(Default)]
+    struct Cutting {
+        msgs: Vec<(u64, u64, String)>,
+        cuts: std::collections::BTreeMap<u64, Cuts>,
+        given: std::collections::BTreeMap<u64, Cuts>,
+    }
+
+    impl Output for Cutting {
+        fn message(&mut self, m: Message<'_>) {
+            self.msgs.push((m.start, m.end, String::from_utf8_lossy(&m.content).into_owned()));
+        }
+        fn line_done(&mut self, _: u64) {}
+        fn parse_error(&mut self, _: ParseError) {}
+        fn cut(&mut self, end: u64, cuts: Cuts) {
+            self.cuts.entry(end).or_default().insert(cuts);
+        }
+        fn recorded(&self, end: u64) -> Cuts {
+            self.given.get(&end).copied().unwrap_or_default()
+        }
+    }
+
+    fn rule_continuation() -> Arc<Rule> {
+        let r = crate::config::MultilineRule {
+            continuation_pattern: Some(r"^\s".into()),
+            max_lines: 100,
+            max_bytes: crate::config::ByteSize::kib(64),
+            timeout: Duration::from_secs(1),
+            ..Default::default()
+        };
+        crate::multiline::Rules::compile(&[r]).unwrap().find("ns", "c").unwrap()
+    }
+
+    /// Scenario 2 (issue #9): a partial cut by its timeout, a multiline record cut by its timeout and
+    /// partials cut by the memory budget are reported as cuts before they are passed on; a re-read of
+    /// the same bytes, with more written after them, given those cuts, produces the same messages
+    /// (same starts, ends and content) instead of joining them differently.
+    #[test]
+    fn cuts_by_time_or_memory_are_reported_and_forced_on_a_re_read() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(10);
+        let re_read = |input: &[u8], rule: Option<Arc<Rule>>, given: &std::collections::BTreeMap<u64, Cuts>| {
+            let mut p = LineProcessor::new(Format::Cri, MB, Duration::from_secs(1), rule);
+            let mut budgets = Budgets::new(MB);
+            let mut out = Cutting { given: given.clone(), ..Default::default() };
+            p.chunk(input, 0, false, t0, &mut budgets, &mut out);
+            p.flush_all(FlushReason::EndOfFile, &mut budgets, &mut out);
+            out.msgs
+        };
+
+        // Partial flushed by its timeout.
+        let first = cri("stdout", "P", b"abc");
+        let mut p = LineProcessor::new(Format::Cri, MB, Duration::from_secs(1), None);
+        let mut budgets = Budgets::new(MB);
+        let mut out = Cutting::default();
+        p.chunk(&first, 0, false, t0, &mut budgets, &mut out);
+        p.flush_expired(later, &mut budgets, &mut out);
+        let end = first.len() as u64;
+        assert_eq!(out.msgs, vec![(0, end, "abc".to_owned())]);
+        assert_eq!(out.cuts.get(&end).and_then(|c| c.reason(Stage::Partial)), Some(FlushReason::Timeout));
+        let mut all = first.clone();
+        all.extend(cri("stdout", "F", b"def"));
+        let total = all.len() as u64;
+        assert_eq!(re_read(&all, None, &Default::default()), vec![(0, total, "abcdef".to_owned())], "unforced");
+        assert_eq!(re_read(&all, None, &out.cuts), vec![(0, end, "abc".to_owned()), (end, total, "def".to_owned())]);
+
+        // Multiline record flushed by its timeout.
+        let mut first = cri("stdout", "F", b"Exception");
+        first.extend(cri("stdout", "F", b"  at a"));
+        let mut p = LineProcessor::new(Format::Cri, MB, Duration::from_secs(1), Some(rule_continuation()));
+        let mut out = Cutting::default();
+        p.chunk(&first, 0, false, t0, &mut budgets, &mut out);
+        p.flush_expired(later, &mut budgets, &mut out);
+        let end = first.len() as u64;
+        assert_eq!(out.msgs, vec![(0, end, "Exception\n  at a".to_owned())]);
+        assert_eq!(out.cuts.get(&end).and_then(|c| c.reason(Stage::Multiline)), Some(FlushReason::Timeout));
+        let mut all = first.clone();
+        all.extend(cri("stdout", "F", b"  at b"));
+        let total = all.len() as u64;
+        let joined = re_read(&all, Some(rule_continuation()), &Default::default());
+        assert_eq!(joined, vec![(0, total, "Exception\n  at a\n  at b".to_owned())], "unforced");
+        assert_eq!(
+            re_read(&all, Some(rule_continuation()), &out.cuts),
+            vec![(0, end, "Exception\n  at a".to_owned()), (end, total, "  at b".to_owned())]
+        );
+
+        // Partials cut by the memory budget (another file held most of it).
+        let mut all = cri("stdout", "P", &[b'x'; 300]);
+        let one = all.len() as u64;
+        all.extend(cri("stdout", "P", &[b'y'; 300]));
+        let two = all.len() as u64;
+        all.extend(cri("stdout", "F", b"z"));
+        let total = all.len() as u64;
+        let mut p = LineProcessor::new(Format::Cri, 1024, Duration::from_secs(1), None);
+        let mut budgets = Budgets::new(1024);
+        budgets.partial.used = 700;
+        let mut out = Cutting::default();
+        p.chunk(&all, 0, false, t0, &mut budgets, &mut out);
+        let (x, y) = ("x".repeat(300), "y".repeat(300));
+        assert_eq!(out.msgs, vec![(0, one, x.clone()), (one, two, y.clone()), (two, total, "z".to_owned())]);
+        assert_eq!(out.cuts.get(&one).and_then(|c| c.reason(Stage::Partial)), Some(FlushReason::Memory));
+        assert_eq!(re_read(&all, None, &Default::default()), vec![(0, total, format!("{x}{y}z"))], "unforced");
+        assert_eq!(re_read(&all, None, &out.cuts), out.msgs);
     }
 }

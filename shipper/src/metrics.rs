@@ -64,6 +64,12 @@ pub struct Metrics {
     pub checkpoint_errors: Counter,
     /// Checkpoint entries removed because their files are gone.
     pub checkpoint_gc: Counter,
+    /// Record boundaries cut by time or memory, persisted before the record was sent (re-reads cut
+    /// there again).
+    pub cuts_recorded: Counter,
+    /// Record boundaries cut by time or memory that could not be recorded (per-generation cap
+    /// reached): a re-send after a crash may cut there differently.
+    pub cuts_unrecorded: Counter,
     /// Times reading paused because `limits.inflight_bytes` was reached.
     pub backpressure: Counter,
     /// Files tracked.
@@ -91,6 +97,18 @@ pub struct Metrics {
     /// Per file being read: bytes between its checkpoint and its end (read but not yet acknowledged,
     /// plus not yet read), refreshed every rescan; the series goes when the file is no longer read.
     pub checkpoint_lag: Family<File, Gauge>,
+}
+
+/// Metric handles of one file, resolved once when the file is discovered or its metadata resolved
+/// (a `Family::get_or_create` locks and hashes; the read path must not do it per chunk or record).
+#[derive(Debug, Clone, Default)]
+pub struct FileCounters {
+    /// `shipper_namespace_lines_read_total` of the file's namespace.
+    pub namespace_lines: Counter,
+    /// `shipper_namespace_bytes_read_total` of the file's namespace.
+    pub namespace_bytes: Counter,
+    /// The enrichment miss counter of the file's records while they carry path metadata only.
+    pub miss: Option<Counter>,
 }
 
 /// A `path` label (the live file).
@@ -154,6 +172,16 @@ impl Metrics {
         r.register("shipper_checkpoint_writes", "Checkpoint writes", m.checkpoint_writes.clone());
         r.register("shipper_checkpoint_errors", "Failed checkpoint writes", m.checkpoint_errors.clone());
         r.register("shipper_checkpoint_gc", "Checkpoint entries of gone files removed", m.checkpoint_gc.clone());
+        r.register(
+            "shipper_record_cuts_recorded",
+            "Record boundaries cut by time or memory, persisted before sending",
+            m.cuts_recorded.clone(),
+        );
+        r.register(
+            "shipper_record_cuts_unrecorded",
+            "Record boundaries cut by time or memory not persisted (cap reached)",
+            m.cuts_unrecorded.clone(),
+        );
         r.register("shipper_backpressure", "Pauses because limits.inflight_bytes was reached", m.backpressure.clone());
         r.register("shipper_files", "Files tracked", m.files.clone());
         r.register("shipper_open_files", "Open file handles", m.open_files.clone());
@@ -184,6 +212,16 @@ impl Metrics {
             m.rate_limit_delays.clone(),
         );
         m
+    }
+
+    /// The per-namespace counters of a file in `namespace` (no miss counter yet).
+    pub fn file_counters(&self, namespace: &str) -> FileCounters {
+        let ns = Namespace::of(namespace);
+        FileCounters {
+            namespace_lines: self.namespace_lines.get_or_create(&ns).clone(),
+            namespace_bytes: self.namespace_bytes.get_or_create(&ns).clone(),
+            miss: None,
+        }
     }
 
     /// Counts `reason` in a family.

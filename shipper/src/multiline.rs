@@ -130,10 +130,17 @@ impl Joiner {
         self.pending.iter().flatten().map(|p| p.start).min()
     }
 
-    /// Feeds one message; calls `emit` for every record it completes.
-    pub fn push<F: FnMut(Message<'_>)>(&mut self, msg: Message<'_>, now: Instant, budget: &mut Budget, emit: &mut F) {
+    /// Feeds one message; calls `emit` for every record it completes, with the reason when the
+    /// record was cut by memory rather than by the rule (see [`crate::reassemble::Cuts`]).
+    pub fn push<F: FnMut(Message<'_>, Option<FlushReason>)>(
+        &mut self,
+        msg: Message<'_>,
+        now: Instant,
+        budget: &mut Budget,
+        emit: &mut F,
+    ) {
         if msg.tags.contains(Tags::PARSE_ERROR) {
-            emit(msg);
+            emit(msg, None);
             return;
         }
         let s = slot(&msg);
@@ -144,10 +151,8 @@ impl Joiner {
         if let Some(mut p) = self.pending[s].take() {
             let grow = 1 + msg.content.len();
             let before = p.held();
-            let joins = !starts_new
-                && p.lines < self.rule.max_lines
-                && p.buf.len() + grow <= self.rule.max_bytes
-                && reserve_within(&mut p.buf, grow, self.rule.max_bytes, budget);
+            let by_rule = !starts_new && p.lines < self.rule.max_lines && p.buf.len() + grow <= self.rule.max_bytes;
+            let joins = by_rule && reserve_within(&mut p.buf, grow, self.rule.max_bytes, budget);
             if joins {
                 p.buf.push(b'\n');
                 p.buf.extend_from_slice(&msg.content);
@@ -161,10 +166,12 @@ impl Joiner {
                 return;
             }
             budget.used -= p.held();
-            emit(finish(p, None));
+            // The rule would have joined it: cut by memory.
+            emit(finish(p), by_rule.then_some(FlushReason::Memory));
         }
         if msg.content.len() + msg.timestamp.len() > budget.limit.saturating_sub(budget.used) {
-            emit(msg);
+            // Not held: the next message of the stream cannot join it (cut by memory).
+            emit(msg, Some(FlushReason::Memory));
             return;
         }
         let p = Pending {
@@ -183,23 +190,47 @@ impl Joiner {
     }
 
     /// Sends records idle for longer than the rule's timeout.
-    pub fn flush_expired<F: FnMut(Message<'_>)>(&mut self, now: Instant, budget: &mut Budget, emit: &mut F) {
+    pub fn flush_expired<F: FnMut(Message<'_>, Option<FlushReason>)>(
+        &mut self,
+        now: Instant,
+        budget: &mut Budget,
+        emit: &mut F,
+    ) {
         for s in 0..2 {
             if self.pending[s].as_ref().is_some_and(|p| now.duration_since(p.last) >= self.rule.timeout)
                 && let Some(p) = self.pending[s].take()
             {
                 budget.used -= p.held();
-                emit(finish(p, Some(FlushReason::Timeout)));
+                emit(finish(p), Some(FlushReason::Timeout));
+            }
+        }
+    }
+
+    /// Sends the pending record whose last message ends at `end`, as `reason` had (a cut recorded
+    /// by an earlier read of the same bytes).
+    pub fn flush_ending_at<F: FnMut(Message<'_>, Option<FlushReason>)>(
+        &mut self,
+        end: u64,
+        reason: FlushReason,
+        budget: &mut Budget,
+        emit: &mut F,
+    ) {
+        for s in 0..2 {
+            if self.pending[s].as_ref().is_some_and(|p| p.end == end)
+                && let Some(p) = self.pending[s].take()
+            {
+                budget.used -= p.held();
+                emit(finish(p), Some(reason));
             }
         }
     }
 
     /// Sends every pending record (end of file).
-    pub fn flush_all<F: FnMut(Message<'_>)>(&mut self, budget: &mut Budget, emit: &mut F) {
+    pub fn flush_all<F: FnMut(Message<'_>, Option<FlushReason>)>(&mut self, budget: &mut Budget, emit: &mut F) {
         for s in 0..2 {
             if let Some(p) = self.pending[s].take() {
                 budget.used -= p.held();
-                emit(finish(p, Some(FlushReason::EndOfFile)));
+                emit(finish(p), None);
             }
         }
     }
@@ -212,7 +243,7 @@ impl Joiner {
     }
 }
 
-fn finish(p: Pending, _reason: Option<FlushReason>) -> Message<'static> {
+fn finish(p: Pending) -> Message<'static> {
     let mut tags = p.tags;
     if p.lines > 1 {
         tags.insert(Tags::MULTILINE);
@@ -271,9 +302,9 @@ mod tests {
         let mut budget = Budget::new(2000);
         let line = "x".repeat(99);
         let mut flushed = 0;
-        j.push(msg(0, "start"), Instant::now(), &mut budget, &mut |_| {});
+        j.push(msg(0, "start"), Instant::now(), &mut budget, &mut |_, _| {});
         for i in 0..60u64 {
-            j.push(msg(10 + i * 100, &line), Instant::now(), &mut budget, &mut |_| flushed += 1);
+            j.push(msg(10 + i * 100, &line), Instant::now(), &mut budget, &mut |_, _| flushed += 1);
             assert!(budget.used <= budget.limit, "{} held with a budget of {}", budget.used, budget.limit);
         }
         assert!(flushed > 0);
@@ -285,12 +316,14 @@ mod tests {
         let now = Instant::now();
         let mut off = 0;
         for l in lines {
-            j.push(msg(off, l), now, &mut budget, &mut |m| {
+            j.push(msg(off, l), now, &mut budget, &mut |m, _| {
                 out.push((m.start, String::from_utf8(m.content.to_vec()).unwrap(), m.tags))
             });
             off += l.len() as u64 + 1;
         }
-        j.flush_all(&mut budget, &mut |m| out.push((m.start, String::from_utf8(m.content.to_vec()).unwrap(), m.tags)));
+        j.flush_all(&mut budget, &mut |m, _| {
+            out.push((m.start, String::from_utf8(m.content.to_vec()).unwrap(), m.tags))
+        });
         assert_eq!(budget.used, 0);
         out
     }
@@ -323,9 +356,9 @@ mod tests {
         let mut partial = msg(0, "2026-01 half a line");
         partial.tags = Tags::PARTIAL_FLUSHED;
         partial.flushed = Some(FlushReason::Timeout);
-        j.push(partial, Instant::now(), &mut budget, &mut |m| out.push((m.tags, m.flushed)));
-        j.push(msg(20, "  at a"), Instant::now(), &mut budget, &mut |m| out.push((m.tags, m.flushed)));
-        j.flush_all(&mut budget, &mut |m| out.push((m.tags, m.flushed)));
+        j.push(partial, Instant::now(), &mut budget, &mut |m, _| out.push((m.tags, m.flushed)));
+        j.push(msg(20, "  at a"), Instant::now(), &mut budget, &mut |m, _| out.push((m.tags, m.flushed)));
+        j.flush_all(&mut budget, &mut |m, _| out.push((m.tags, m.flushed)));
         assert_eq!(out, vec![(Tags::PARTIAL_FLUSHED | Tags::MULTILINE, Some(FlushReason::Timeout))]);
     }
 

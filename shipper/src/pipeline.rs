@@ -23,7 +23,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::checkpoint::{CheckpointError, Entry, Store, Tracker};
+use crate::checkpoint::{CheckpointError, Entry, Journal, JournalLine, Store, Tracker};
 use crate::config::ShipperConfig;
 use crate::discover::{self, DiscoverError, Discovery, GenFile, GenKind};
 use crate::enrich::{EnrichMetrics, Filter, PodStore, Resolution};
@@ -33,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::metrics::{File, Namespace};
 use crate::multiline::{MultilineError, Rules};
 use crate::parse::{ParseError, timestamp};
-use crate::reassemble::{FlushReason, Message, Tags};
+use crate::reassemble::{Cuts, FlushReason, Message, Tags};
 use crate::record::{FileMeta, GenerationId, RecordBuilder, fingerprint};
 use crate::sink::{AckToken, Acker, Event, Sink, SinkError};
 use crate::tail::{self, Handle, IdentityCache, final_fingerprint};
@@ -53,6 +53,10 @@ const GC_SCANS: u32 = 3;
 const MAX_OPEN_GZIP: usize = 4;
 /// Most paths remembered from inotify between two polls.
 const MAX_DIRTY: usize = 4096;
+/// Most record boundaries cut by time or memory remembered per generation beyond its checkpoint.
+const MAX_CUTS: usize = 1024;
+/// Cuts journaled since the last checkpoint write that trigger an early write (which empties it).
+const JOURNAL_COMPACT: usize = 4096;
 
 /// Why the pipeline stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +131,10 @@ struct GenState {
     first_seen: String,
     /// Consecutive scans that did not find the generation's file.
     missing: u32,
+    /// Record boundaries cut by time or memory beyond the checkpoint (end offset → cuts): forced
+    /// again when the bytes are re-read; persisted (journal, then checkpoint) before the record is
+    /// sent; dropped once the checkpoint passes them.
+    cuts: BTreeMap<u64, Cuts>,
 }
 
 /// The generation currently read for a live file.
@@ -146,6 +154,10 @@ struct Reader {
     unlinked_at: Option<Instant>,
     truncated: bool,
     idle: bool,
+    /// The last read found nothing more (end of file, or only an incomplete line): a pending partial
+    /// or multiline record waits for its writer, so its timeout may cut it. Behind (blocked, rate
+    /// limited, a turn over), the rest may be on disk already: no timeout cut.
+    caught_up: bool,
 }
 
 /// One live path and its reader.
@@ -204,6 +216,17 @@ enum End {
     Truncated,
 }
 
+/// What identifying a reader's file found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Identity {
+    /// Attached to its generation's state.
+    Attached,
+    /// No identity yet (no complete first line).
+    Unknown,
+    /// A generation already done.
+    Done,
+}
+
 struct Core<S: Sink> {
     cfg: ShipperConfig,
     sink: S,
@@ -238,6 +261,8 @@ struct Core<S: Sink> {
     next_key: u64,
     dirty_checkpoint: bool,
     error: Option<SinkError>,
+    /// Record boundaries cut by time or memory since the last checkpoint write.
+    journal: Journal,
 }
 
 /// The shipper read path. See the module documentation.
@@ -297,6 +322,7 @@ impl<S: Sink> Pipeline<S> {
             next_key: 1,
             dirty_checkpoint: false,
             error: None,
+            journal: Journal::open(Path::new(&cfg.checkpoint.dir)),
         };
         Ok(Pipeline {
             core,
@@ -368,7 +394,10 @@ impl<S: Sink> Pipeline<S> {
                 }
                 last_flush = Instant::now();
             }
-            if last_checkpoint.elapsed() >= interval {
+            // A long cut journal is compacted by an early write (at most once a second, should
+            // writes fail).
+            let compact = self.core.journal.appended() >= JOURNAL_COMPACT && last_checkpoint.elapsed() >= TICK * 10;
+            if last_checkpoint.elapsed() >= interval || compact {
                 self.drain_events(None);
                 self.save_checkpoint();
                 last_checkpoint = Instant::now();
@@ -411,6 +440,32 @@ impl<S: Sink> Pipeline<S> {
         for e in entries {
             if let Some(id) = GenerationId::from_hex(&e.id) {
                 self.core.loaded.insert(id, e);
+            }
+        }
+        // Cuts journaled after the last checkpoint write (their records may have been sent).
+        let journal = self.core.journal.load().unwrap_or_else(|e| {
+            self.core.metrics.checkpoint_errors.inc();
+            tracing::error!(error = %e, "cut journal unreadable; a re-send may cut records differently");
+            Vec::new()
+        });
+        for l in journal {
+            let Some(id) = GenerationId::from_hex(&l.id) else { continue };
+            let e = self.core.loaded.entry(id).or_insert_with(|| Entry {
+                id: l.id.clone(),
+                path: l.path.clone(),
+                offset: 0,
+                acked_max: 0,
+                complete: false,
+                skip: Vec::new(),
+                first_seen: None,
+                cuts: Vec::new(),
+            });
+            if l.end <= e.offset {
+                continue;
+            }
+            match e.cuts.iter_mut().find(|(end, _)| *end == l.end) {
+                Some((_, bits)) => *bits |= l.cuts,
+                None => e.cuts.push((l.end, l.cuts)),
             }
         }
         tracing::info!(generations = self.core.loaded.len(), path = %self.store.path().display(), "checkpoint loaded");
@@ -532,13 +587,9 @@ impl<S: Sink> Pipeline<S> {
             let node = &self.core.cfg.node_name;
             let src = self.sources.entry(lf.live.clone()).or_insert_with(|| {
                 self.core.metrics.files_discovered.inc();
-                Source {
-                    meta: FileMeta::new(&lf.live, node),
-                    reader: None,
-                    seen_scan: 0,
-                    active: true,
-                    pod: PodState::new(),
-                }
+                let mut meta = FileMeta::new(&lf.live, node);
+                meta.counters = self.core.metrics.file_counters(meta.namespace());
+                Source { meta, reader: None, seen_scan: 0, active: true, pod: PodState::new() }
             });
             src.seen_scan = self.scan_no;
             src.active = true;
@@ -671,7 +722,9 @@ impl<S: Sink> Pipeline<S> {
         self.tick_at = Some(now);
         for src in self.sources.values_mut() {
             let Some(r) = src.reader.as_mut() else { continue };
-            self.core.flush_expired(&src.meta, r, now);
+            if r.caught_up {
+                self.core.flush_expired(&src.meta, r, now);
+            }
             if let (Some(d), Some(t)) = (paused, r.unlinked_at.as_mut()) {
                 *t += d;
             }
@@ -762,15 +815,22 @@ impl<S: Sink> Pipeline<S> {
         let mut entries: Vec<Entry> = self
             .core
             .gens
-            .values()
-            .map(|g| Entry {
-                id: g.id.to_hex(),
-                path: g.live.clone(),
-                offset: g.tracker.committed(),
-                acked_max: g.tracker.acked_max(),
-                complete: g.read_done && g.tracker.idle(),
-                skip: g.tracker.skip_list(),
-                first_seen: Some(g.first_seen.clone()),
+            .values_mut()
+            .map(|g| {
+                let offset = g.tracker.committed();
+                let complete = g.read_done && g.tracker.idle();
+                // Cuts the checkpoint passed are never re-read.
+                g.cuts.retain(|&end, _| end > offset && !complete);
+                Entry {
+                    id: g.id.to_hex(),
+                    path: g.live.clone(),
+                    offset,
+                    acked_max: g.tracker.acked_max(),
+                    complete,
+                    skip: g.tracker.skip_list(),
+                    first_seen: Some(g.first_seen.clone()),
+                    cuts: g.cuts.iter().map(|(&end, c)| (end, c.0)).collect(),
+                }
             })
             .collect();
         entries.extend(self.core.loaded.values().cloned());
@@ -781,6 +841,11 @@ impl<S: Sink> Pipeline<S> {
                 self.core.metrics.checkpoint_writes.inc();
                 self.core.metrics.checkpoint_entries.set(n as i64);
                 self.core.dirty_checkpoint = false;
+                // The checkpoint carries every cut still needed.
+                if let Err(e) = self.core.journal.reset() {
+                    self.core.metrics.checkpoint_errors.inc();
+                    tracing::error!(error = %e, "emptying the cut journal failed");
+                }
             }
             Err(e) => {
                 self.core.metrics.checkpoint_errors.inc();
@@ -837,6 +902,7 @@ struct Emit<'a, S: Sink> {
     dirty: &'a mut bool,
     limiter: Option<&'a mut RateLimiter>,
     drops: &'a mut HashMap<u64, Dropped>,
+    journal: &'a mut Journal,
     /// The file's namespace reached its `delay` rate limit: stop reading this file for now.
     limited: bool,
 }
@@ -929,8 +995,8 @@ impl<S: Sink> Output for Emit<'_, S> {
         let rec = self.builder.build(self.meta, self.generation.id, &m);
         if self.meta.pod_info.is_some() {
             self.enrich_metrics.hits.inc();
-        } else if let Some(miss) = self.meta.path_only {
-            self.enrich_metrics.miss(miss);
+        } else if let Some(miss) = &self.meta.counters.miss {
+            miss.inc();
         }
         count_tags(self.metrics, rec.tags, m.flushed);
         let bytes = rec.value.len() + rec.id.len() + 64;
@@ -954,6 +1020,39 @@ impl<S: Sink> Output for Emit<'_, S> {
 
     fn full(&self) -> bool {
         *self.inflight >= self.limit || self.error.is_some() || self.limited
+    }
+
+    fn cut(&mut self, end: u64, cut: Cuts) {
+        if self.meta.excluded.is_some() {
+            return; // nothing of it is sent
+        }
+        let g = &mut *self.generation;
+        let mut all = g.cuts.get(&end).copied().unwrap_or_default();
+        if all.contains(cut) {
+            return; // forced again on a re-read: recorded already
+        }
+        if all.is_empty() && g.cuts.len() >= MAX_CUTS {
+            self.metrics.cuts_unrecorded.inc();
+            tracing::debug!(path = %self.meta.path, end, "too many record cuts beyond the checkpoint; not recorded");
+            return;
+        }
+        all.insert(cut);
+        g.cuts.insert(end, all);
+        self.metrics.cuts_recorded.inc();
+        *self.dirty = true;
+        // Durable before the record ending here is handed to the sink.
+        let line = JournalLine { id: g.id.to_hex(), path: g.live.clone(), end, cuts: all.0 };
+        if let Err(e) = self.journal.append(&line) {
+            self.metrics.checkpoint_errors.inc();
+            tracing::error!(error = %e, "recording a record cut failed; a re-send after a crash may cut differently");
+        }
+    }
+
+    fn recorded(&self, end: u64) -> Cuts {
+        if self.generation.cuts.is_empty() {
+            return Cuts::default();
+        }
+        self.generation.cuts.get(&end).copied().unwrap_or_default()
     }
 }
 
@@ -1021,6 +1120,7 @@ impl<S: Sink> Core<S> {
             unlinked_at: None,
             truncated: false,
             idle: false,
+            caught_up: false,
         }
     }
 
@@ -1036,7 +1136,7 @@ impl<S: Sink> Core<S> {
             None => {
                 let key = self.next_key;
                 self.next_key += 1;
-                let (tracker, resent_below, first_seen) = match self.loaded.remove(&id) {
+                let (tracker, resent_below, first_seen, cuts) = match self.loaded.remove(&id) {
                     Some(e) => {
                         let mut t = Tracker::new(e.offset);
                         for &(s, end) in &e.skip {
@@ -1044,9 +1144,10 @@ impl<S: Sink> Core<S> {
                         }
                         r.pos = e.offset;
                         r.skip = e.skip.iter().copied().collect();
-                        (t, e.acked_max, e.first_seen)
+                        let cuts = e.cuts.iter().filter(|c| c.0 > e.offset).map(|&(end, b)| (end, Cuts(b))).collect();
+                        (t, e.acked_max, e.first_seen, cuts)
                     }
-                    None => (Tracker::new(0), 0, None),
+                    None => (Tracker::new(0), 0, None, BTreeMap::new()),
                 };
                 let first_seen = first_seen.unwrap_or_else(timestamp::now);
                 self.gens.insert(
@@ -1059,6 +1160,7 @@ impl<S: Sink> Core<S> {
                         resent_below,
                         missing: 0,
                         first_seen,
+                        cuts,
                     },
                 );
                 self.by_id.insert(id, key);
@@ -1286,6 +1388,7 @@ impl<S: Sink> Core<S> {
             Resolution::Enrich(info) => {
                 src.meta.pod_info = Some(info);
                 src.meta.path_only = None;
+                src.meta.counters.miss = None;
             }
             Resolution::Wait => {
                 // The filter's path rules apply at once (an excluded namespace never waits); the file
@@ -1301,6 +1404,7 @@ impl<S: Sink> Core<S> {
             Resolution::PathOnly(miss) => {
                 if src.meta.pod_info.is_none() {
                     src.meta.path_only = Some(miss);
+                    src.meta.counters.miss = Some(e.metrics.miss_counter(miss));
                     if !src.pod.missed {
                         tracing::debug!(path = %src.meta.path, reason = miss.as_str(), "no pod metadata; path metadata");
                         src.pod.missed = true;
@@ -1346,16 +1450,20 @@ impl<S: Sink> Core<S> {
                 return p;
             }
             let r = src.reader.as_mut().expect("reader");
-            if r.gen_key.is_none() && !self.identify_reader(&src.meta, r) {
-                // No complete first line yet; once the file is no longer live, its whole content is it.
-                match self.check_end(&src.meta, r) {
-                    End::Wait => return if progress { Poll::Progress } else { Poll::Idle },
-                    End::Complete | End::Truncated => {
-                        if !self.identify_final(&src.meta, r) {
-                            self.close(src);
-                            continue;
-                        }
-                    }
+            if r.gen_key.is_none() {
+                let found = match self.identify_reader(&src.meta, r) {
+                    // No complete first line yet; once the file is no longer live, its whole content is it.
+                    Identity::Unknown => match self.check_end(&src.meta, r) {
+                        End::Wait => return if progress { Poll::Progress } else { Poll::Idle },
+                        End::Complete | End::Truncated => self.identify_final(&src.meta, r),
+                    },
+                    found => found,
+                };
+                if found != Identity::Attached {
+                    // Without content, or a generation already done (read to its end or given up, and
+                    // counted then): let go quietly; it is neither given up nor deleted unread.
+                    self.close(src);
+                    continue;
                 }
             }
             let r = src.reader.as_mut().expect("reader");
@@ -1394,36 +1502,33 @@ impl<S: Sink> Core<S> {
         Poll::Progress
     }
 
-    fn identify_reader(&mut self, meta: &FileMeta, r: &mut Reader) -> bool {
+    fn identify_reader(&mut self, meta: &FileMeta, r: &mut Reader) -> Identity {
         let n = match r.handle.as_mut().map(|h| h.read_at(&mut self.buf[..crate::record::FINGERPRINT_MAX], 0)) {
             Some(Ok(n)) => n,
-            _ => return false,
+            _ => return Identity::Unknown,
         };
-        let Some(fp) = fingerprint(&self.buf[..n]) else { return false };
+        let Some(fp) = fingerprint(&self.buf[..n]) else { return Identity::Unknown };
         let id = GenerationId::derive(&meta.source, fp);
         self.attach_checked(meta, r, id)
     }
 
-    fn identify_final(&mut self, meta: &FileMeta, r: &mut Reader) -> bool {
+    fn identify_final(&mut self, meta: &FileMeta, r: &mut Reader) -> Identity {
         let n = match r.handle.as_mut().map(|h| h.read_at(&mut self.buf[..crate::record::FINGERPRINT_MAX], 0)) {
             Some(Ok(n)) => n,
-            _ => return false,
+            _ => return Identity::Unknown,
         };
-        let Some(fp) = final_fingerprint(&self.buf[..n]) else { return false };
+        let Some(fp) = final_fingerprint(&self.buf[..n]) else { return Identity::Unknown };
         let id = GenerationId::derive(&meta.source, fp);
         self.attach_checked(meta, r, id)
     }
 
-    fn attach_checked(&mut self, meta: &FileMeta, r: &mut Reader, id: GenerationId) -> bool {
+    fn attach_checked(&mut self, meta: &FileMeta, r: &mut Reader, id: GenerationId) -> Identity {
         if self.is_done(id) {
             // Already read (e.g. a re-identified rotated file): nothing to do with it.
-            r.truncated = false;
-            r.rotated_at.get_or_insert_with(Instant::now);
-            r.unlinked_at.get_or_insert_with(Instant::now);
-            return false;
+            return Identity::Done;
         }
         self.attach(meta, r, id);
-        true
+        Identity::Attached
     }
 
     /// The [`Output`] emitting records of generation `key` of `meta`'s file (stopping at `limit`
@@ -1448,6 +1553,7 @@ impl<S: Sink> Core<S> {
             dirty_checkpoint,
             limiter,
             drops,
+            journal,
             ..
         } = self;
         let out = Emit {
@@ -1465,6 +1571,7 @@ impl<S: Sink> Core<S> {
             dirty: dirty_checkpoint,
             limiter: limiter.as_mut(),
             drops,
+            journal,
             limited: false,
         };
         (out, budgets, buf)
@@ -1494,6 +1601,7 @@ impl<S: Sink> Core<S> {
                 }
             };
             if n == 0 {
+                r.caught_up = true;
                 return Poll::Idle;
             }
             let full = n == buf.len();
@@ -1501,15 +1609,16 @@ impl<S: Sink> Core<S> {
             let lines = memchr::memchr_iter(b'\n', &buf[..used]).count();
             out.metrics.lines.inc_by(lines as u64);
             out.metrics.bytes.inc_by(used as u64);
-            let ns = Namespace::of(meta.namespace());
-            out.metrics.namespace_lines.get_or_create(&ns).inc_by(lines as u64);
-            out.metrics.namespace_bytes.get_or_create(&ns).inc_by(used as u64);
+            meta.counters.namespace_lines.inc_by(lines as u64);
+            meta.counters.namespace_bytes.inc_by(used as u64);
             r.pos += used as u64;
-            r.idle = false;
             turn += used as u64;
             if used == 0 {
+                r.caught_up = true;
                 return Poll::Idle; // an incomplete last line: wait for the rest
             }
+            r.idle = false;
+            r.caught_up = false;
             if out.limited {
                 // This namespace's rate limit (delay): other files keep flowing.
                 out.metrics.rate_limit_delays.get_or_create(&Namespace::of(meta.namespace())).inc();
@@ -1636,6 +1745,7 @@ impl<S: Sink> Core<S> {
                 unlinked_at: None,
                 truncated: false,
                 idle: false,
+                caught_up: false,
             };
             self.finish_generation(&src.meta, &mut tmp, key, false);
         }

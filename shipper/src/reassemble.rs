@@ -86,6 +86,65 @@ impl FlushReason {
     }
 }
 
+/// The stage that ended a message by time or memory (see [`Cuts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Partial-line reassembly ([`Assembler`]).
+    Partial,
+    /// Multiline joining ([`crate::multiline::Joiner`]).
+    Multiline,
+}
+
+/// Record boundaries set by time or memory rather than by the bytes (issue #9 scenario 2): at one
+/// end offset, which stage cut the message ending there and why. Persisted before the message is
+/// sent, and forced again when the same bytes are re-read, so a re-send after a crash has the same
+/// boundaries, ids and content as the first send.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cuts(pub u8);
+
+impl Cuts {
+    /// The cut of `stage` for `reason`; `None` for the end of a file (cut by the bytes).
+    pub fn of(stage: Stage, reason: FlushReason) -> Option<Cuts> {
+        let bit = match reason {
+            FlushReason::Timeout => 1,
+            FlushReason::Memory => 2,
+            FlushReason::EndOfFile => return None,
+        };
+        Some(Cuts(match stage {
+            Stage::Partial => bit,
+            Stage::Multiline => bit << 2,
+        }))
+    }
+
+    /// Why `stage` cut here, if it did.
+    pub fn reason(self, stage: Stage) -> Option<FlushReason> {
+        let bits = match stage {
+            Stage::Partial => self.0 & 3,
+            Stage::Multiline => (self.0 >> 2) & 3,
+        };
+        match bits {
+            0 => None,
+            1 => Some(FlushReason::Timeout),
+            _ => Some(FlushReason::Memory),
+        }
+    }
+
+    /// No cut.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether every cut of `other` is here.
+    pub fn contains(self, other: Cuts) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Adds the cuts of `other`.
+    pub fn insert(&mut self, other: Cuts) {
+        self.0 |= other.0;
+    }
+}
+
 /// A reassembled message: one record unless a multiline rule joins it with others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message<'a> {
@@ -326,6 +385,22 @@ impl Assembler {
         for s in 0..2 {
             if self.pending[s].as_ref().is_some_and(|p| now.duration_since(p.last) >= self.timeout) {
                 self.flush_slot(s, FlushReason::Timeout, budget, emit);
+            }
+        }
+    }
+
+    /// Sends the pending message whose last fragment ends at `end`, as `reason` had (a cut recorded
+    /// by an earlier read of the same bytes, see [`Cuts`]).
+    pub fn flush_ending_at<F: FnMut(Message<'_>)>(
+        &mut self,
+        end: u64,
+        reason: FlushReason,
+        budget: &mut Budget,
+        emit: &mut F,
+    ) {
+        for s in 0..2 {
+            if self.pending[s].as_ref().is_some_and(|p| p.end == end) {
+                self.flush_slot(s, reason, budget, emit);
             }
         }
     }

@@ -23,12 +23,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sluice_common::schema::{
-    Agent, Document, Host, Kubernetes, KubernetesContainer, Log, LogFile, Name, Pod, Stream, tag,
+    Agent, Document, DocumentFrame, Host, Kubernetes, KubernetesContainer, Log, LogFile, Name, Pod, RecordFields,
+    Stream, tag,
 };
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::discover::PodPath;
 use crate::enrich::{Excluded, Miss, PodInfo, render};
+use crate::metrics::FileCounters;
 use crate::parse::timestamp;
 use crate::reassemble::{Message, Tags};
 
@@ -84,7 +86,14 @@ pub fn source_key(live_path: &Path, pod: Option<&PodPath>, node: &str) -> String
 /// This is the single definition of record ids (`sluice.id`, the Elasticsearch `_id`).
 pub fn record_id(generation: GenerationId, offset: u64, out: &mut String) {
     out.clear();
-    let _ = write!(out, "{:032x}-{offset}", generation.0);
+    let _ = write!(out, "{:032x}", generation.0);
+    push_offset(out, offset);
+}
+
+/// `"-" decimal(offset)`, the second half of a record id.
+fn push_offset(out: &mut String, offset: u64) {
+    out.push('-');
+    out.push_str(itoa::Buffer::new().format(offset));
 }
 
 /// Per-file metadata every record of the file borrows.
@@ -107,6 +116,8 @@ pub struct FileMeta {
     pub excluded: Option<Excluded>,
     /// Why records of this kubelet file carry path metadata only (counted per record).
     pub path_only: Option<Miss>,
+    /// Metric handles of the file (set by the pipeline; detached counters otherwise).
+    pub counters: FileCounters,
 }
 
 impl FileMeta {
@@ -126,6 +137,7 @@ impl FileMeta {
             pod_info: None,
             excluded: None,
             path_only: None,
+            counters: FileCounters::default(),
         }
     }
 
@@ -155,11 +167,79 @@ pub struct Record<'a> {
 }
 
 /// Builds documents and ids into reused buffers (one per pipeline).
+///
+/// The parts of a document that are the same for every record of a file (`log.file`, `kubernetes`,
+/// `container`, `host`, `agent`, the `metadata_from_path` tag) are rendered once into a
+/// [`DocumentFrame`] and kept while records of the same file and pod metadata follow (one entry:
+/// the pipeline reads a file for a whole turn); the generation's hex is formatted once per
+/// generation. Per record only the id, the timestamp, the escaped message, the offset and the
+/// record's tags are written.
 #[derive(Debug, Default)]
 pub struct RecordBuilder {
     id: String,
     ts: String,
     value: Vec<u8>,
+    /// The generation whose hex `id` starts with.
+    generation: Option<GenerationId>,
+    frame: Option<CachedFrame>,
+}
+
+/// The frame of the last file built, with what it was rendered from.
+#[derive(Debug)]
+struct CachedFrame {
+    path: String,
+    node: String,
+    pod: Option<PodPath>,
+    /// Held, so that the pointer comparison cannot match a later `PodInfo` at the same address.
+    pod_info: Option<Arc<PodInfo>>,
+    frame: DocumentFrame,
+}
+
+impl CachedFrame {
+    fn matches(&self, meta: &FileMeta) -> bool {
+        let same_info = match (&self.pod_info, &meta.pod_info) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        same_info && self.path == meta.path && self.node == meta.node && self.pod == meta.pod
+    }
+}
+
+/// The per-file parts of the documents of `meta`'s file (see [`DocumentFrame::new`]): pod-watch
+/// metadata when resolved, otherwise the path's, tagged `metadata_from_path`.
+pub fn frame_template(meta: &FileMeta) -> Document<'_> {
+    let (kubernetes, container, tags) = match (&meta.pod_info, &meta.pod) {
+        (Some(info), Some(path)) => {
+            let (k, c) = render(info, &path.container, Some(path.restart));
+            (k, c, Vec::new())
+        }
+        _ => {
+            let (namespace, pod_name, uid, container) = match &meta.pod {
+                Some(p) => (p.namespace.as_str(), p.pod.as_str(), p.uid.as_str(), p.container.as_str()),
+                None => ("", "", "", ""),
+            };
+            let k = Kubernetes {
+                namespace: Cow::Borrowed(namespace),
+                pod: Pod { name: Cow::Borrowed(pod_name), uid: Cow::Borrowed(uid) },
+                container: KubernetesContainer { name: Cow::Borrowed(container), restart_count: None },
+                node: Name { name: Cow::Borrowed(&meta.node) },
+                ..Default::default()
+            };
+            (k, None, vec![Cow::Borrowed(tag::METADATA_FROM_PATH)])
+        }
+    };
+    Document {
+        timestamp: Cow::Borrowed(""),
+        message: Cow::Borrowed(""),
+        stream: Stream::Stdout,
+        log: Log { file: LogFile { path: Cow::Borrowed(&meta.path) }, offset: 0 },
+        kubernetes,
+        container,
+        host: Host { name: Cow::Borrowed(&meta.node) },
+        agent: Agent::default(),
+        tags,
+    }
 }
 
 impl RecordBuilder {
@@ -169,7 +249,7 @@ impl RecordBuilder {
     /// generation or the generation's pinned date, see [`crate::lines`]; only then it is the read time).
     pub fn build<'s>(&'s mut self, meta: &'s FileMeta, generation: GenerationId, msg: &Message<'_>) -> Record<'s> {
         let mut tags = msg.tags;
-        let message = match std::str::from_utf8(&msg.content) {
+        let message = match simdutf8::basic::from_utf8(&msg.content) {
             Ok(s) => Cow::Borrowed(s),
             Err(_) => {
                 tags.insert(Tags::INVALID_UTF8);
@@ -186,40 +266,25 @@ impl RecordBuilder {
                 self.ts.push_str(&timestamp::now());
             }
         }
-        record_id(generation, msg.start, &mut self.id);
-        let (namespace, pod_name, uid, container) = match &meta.pod {
-            Some(p) => (p.namespace.as_str(), p.pod.as_str(), p.uid.as_str(), p.container.as_str()),
-            None => ("", "", "", ""),
-        };
-        let mut tag_list: Vec<Cow<'_, str>> = Vec::with_capacity(2);
-        tag_list.extend(tags.names().map(Cow::Borrowed));
-        let (kubernetes, runtime) = match (&meta.pod_info, &meta.pod) {
-            (Some(info), Some(path)) => render(info, &path.container, Some(path.restart)),
-            _ => {
-                tag_list.push(Cow::Borrowed(tag::METADATA_FROM_PATH));
-                let k = Kubernetes {
-                    namespace: Cow::Borrowed(namespace),
-                    pod: Pod { name: Cow::Borrowed(pod_name), uid: Cow::Borrowed(uid) },
-                    container: KubernetesContainer { name: Cow::Borrowed(container), restart_count: None },
-                    node: Name { name: Cow::Borrowed(&meta.node) },
-                    ..Default::default()
-                };
-                (k, None)
-            }
-        };
-        let doc = Document {
-            timestamp: Cow::Borrowed(&self.ts),
-            message,
-            stream: msg.stream,
-            log: Log { file: LogFile { path: Cow::Borrowed(&meta.path) }, offset: msg.start },
-            kubernetes,
-            container: runtime,
-            host: Host { name: Cow::Borrowed(&meta.node) },
-            agent: Agent::default(),
-            tags: tag_list,
-        };
+        if self.generation != Some(generation) {
+            record_id(generation, 0, &mut self.id);
+            self.generation = Some(generation);
+        }
+        self.id.truncate(32);
+        push_offset(&mut self.id, msg.start);
+        if !self.frame.as_ref().is_some_and(|c| c.matches(meta)) {
+            self.frame = Some(CachedFrame {
+                path: meta.path.clone(),
+                node: meta.node.clone(),
+                pod: meta.pod.clone(),
+                pod_info: meta.pod_info.clone(),
+                frame: DocumentFrame::new(&frame_template(meta)),
+            });
+        }
+        let frame = &self.frame.as_ref().expect("frame just set").frame;
         self.value.clear();
-        serde_json::to_writer(&mut self.value, &doc).expect("serialising to a Vec cannot fail");
+        let fields = RecordFields { timestamp: &self.ts, message: &message, stream: msg.stream, offset: msg.start };
+        frame.write(&mut self.value, &fields, tags.names());
         Record {
             id: &self.id,
             key: &meta.key,
@@ -247,6 +312,8 @@ pub fn parse_error_message(line: &[u8], start: u64, end: u64) -> Message<'_> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -271,6 +338,136 @@ mod tests {
         let big = vec![b'x'; 5000];
         assert_eq!(fingerprint(&big).unwrap().len(), FINGERPRINT_MAX);
         assert_eq!(fingerprint(&big[..4095]), None);
+    }
+
+    /// The document as the shipper built it before [`DocumentFrame`] (issue #16): a [`Document`] per
+    /// record serialised by serde. Kept verbatim as the reference the fast path must match byte for byte.
+    fn old_build(meta: &FileMeta, msg: &Message<'_>) -> Vec<u8> {
+        let mut tags = msg.tags;
+        let message = match std::str::from_utf8(&msg.content) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => {
+                tags.insert(Tags::INVALID_UTF8);
+                String::from_utf8_lossy(&msg.content)
+            }
+        };
+        let ts = timestamp::normalize(&msg.timestamp).expect("tests use readable timestamps").into_owned();
+        let (namespace, pod_name, uid, container) = match &meta.pod {
+            Some(p) => (p.namespace.as_str(), p.pod.as_str(), p.uid.as_str(), p.container.as_str()),
+            None => ("", "", "", ""),
+        };
+        let mut tag_list: Vec<Cow<'_, str>> = Vec::with_capacity(2);
+        tag_list.extend(tags.names().map(Cow::Borrowed));
+        let (kubernetes, runtime) = match (&meta.pod_info, &meta.pod) {
+            (Some(info), Some(path)) => render(info, &path.container, Some(path.restart)),
+            _ => {
+                tag_list.push(Cow::Borrowed(tag::METADATA_FROM_PATH));
+                let k = Kubernetes {
+                    namespace: Cow::Borrowed(namespace),
+                    pod: Pod { name: Cow::Borrowed(pod_name), uid: Cow::Borrowed(uid) },
+                    container: KubernetesContainer { name: Cow::Borrowed(container), restart_count: None },
+                    node: Name { name: Cow::Borrowed(&meta.node) },
+                    ..Default::default()
+                };
+                (k, None)
+            }
+        };
+        let doc = Document {
+            timestamp: Cow::Borrowed(&ts),
+            message,
+            stream: msg.stream,
+            log: Log { file: LogFile { path: Cow::Borrowed(&meta.path) }, offset: msg.start },
+            kubernetes,
+            container: runtime,
+            host: Host { name: Cow::Borrowed(&meta.node) },
+            agent: Agent::default(),
+            tags: tag_list,
+        };
+        serde_json::to_vec(&doc).unwrap()
+    }
+
+    fn pod_info(labels: &[(String, String)], owner: bool, image: Option<String>, restart: Option<u32>) -> PodInfo {
+        use crate::enrich::{ContainerInfo, OwnerInfo};
+        PodInfo {
+            namespace: "shop".into(),
+            name: "web-\"0\"".into(),
+            uid: "0d6c".into(),
+            node: "node-\u{e9}".into(),
+            labels: labels.iter().cloned().collect(),
+            annotations: labels.iter().take(1).cloned().collect(),
+            namespace_labels: Arc::new(labels.iter().skip(1).cloned().collect()),
+            owner: owner.then(|| OwnerInfo { kind: "Deployment".into(), name: "web\u{1}".into() }),
+            containers: vec![ContainerInfo {
+                name: "nginx".into(),
+                image: image.clone(),
+                image_id: image.map(|i| format!("{i}@sha256:ab")),
+                container_id: Some("containerd://c3".into()),
+                last_container_id: Some("docker://c2".into()),
+                restart_count: restart,
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn message_bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            any::<String>().prop_map(String::into_bytes),
+            "[\\x00-\\x1f\"\\\\a-z \u{7f}\u{e9}\u{1F600}]{0,40}".prop_map(String::into_bytes),
+            proptest::collection::vec(any::<u8>(), 0..80),
+            Just(Vec::new()),
+        ]
+    }
+
+    proptest! {
+        /// The framed writer (per-file parts rendered once, hand-ordered top level, SWAR escaping)
+        /// writes exactly the bytes of the serde path it replaced: path and pod-watch metadata,
+        /// non-kubelet paths, unicode, control characters, invalid UTF-8, empty fields, all tags,
+        /// timestamps in every accepted form; one builder for all cases, so the frame cache is
+        /// exercised across files and pods too.
+        #[test]
+        fn framed_documents_match_the_serde_documents(
+            cases in proptest::collection::vec((
+                message_bytes(),
+                0usize..6,                    // file
+                any::<bool>(),                // stderr
+                any::<u64>(),                 // offset
+                any::<u8>(),                  // tags
+                0usize..5,                    // timestamp form
+                proptest::collection::vec(("[a-z./_\u{e9}\"]{0,8}", "\\PC{0,8}"), 0..3),
+                any::<bool>(),                // owner
+                proptest::option::of("[a-z:.\\\\]{0,12}"),
+                proptest::option::of(0u32..4),
+            ), 1..12)
+        ) {
+            let mut builder = RecordBuilder::default();
+            for (content, file, stderr, offset, tags, ts, labels, owner, image, restart) in cases {
+                let path = ["/var/log/pods/shop_web-0_0d6c/nginx/0.log", "/var/log/pods/shop_web-0_0d6c/nginx/1.log",
+                            "/var/log/containers/x\\y\".log", "/var/log/pods/a_b_c/d/2.log", "", "/tmp/\u{1}\u{e9}.log"][file];
+                let mut meta = FileMeta::new(Path::new(path), if file == 3 { "" } else { "node-1" });
+                if file < 2 || labels.len() == 2 {
+                    meta.pod_info = Some(Arc::new(pod_info(&labels, owner, image, restart)));
+                }
+                let timestamp = ["2026-11-27T00:17:09.669794202Z", "2026-11-27T00:17:09Z", "2026-11-27T01:17:09.5+01:00",
+                                 "2026-11-27t00:17:09.1234567891z", "2026-11-27 00:17:09+00:00"][ts];
+                let msg = Message {
+                    start: offset,
+                    end: offset.saturating_add(1),
+                    timestamp: Cow::Borrowed(timestamp.as_bytes()),
+                    stream: if stderr { Stream::Stderr } else { Stream::Stdout },
+                    content: Cow::Borrowed(&content),
+                    tags: Tags(tags & 63),
+                    flushed: None,
+                };
+                let want = old_build(&meta, &msg);
+                let g = GenerationId::derive(&meta.source, &content);
+                let r = builder.build(&meta, g, &msg);
+                prop_assert_eq!(String::from_utf8_lossy(r.value), String::from_utf8_lossy(&want));
+                prop_assert_eq!(r.value, &want[..]);
+                let mut id = String::new();
+                record_id(g, offset, &mut id);
+                prop_assert_eq!(r.id, id.as_str());
+            }
+        }
     }
 
     #[test]

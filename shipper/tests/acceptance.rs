@@ -99,7 +99,7 @@ fn multiline_rules_join_stack_traces_per_namespace_and_container() {
     let run = start(&cfg, AckMode::InOrder);
     // java: 5 joined + 1 stderr; batch: 5 × (4 + 2); sidecar and web: 30 lines each.
     run.wait_for(6 + 10 + 30 + 30, 30);
-    std::thread::sleep(Duration::from_millis(800));
+    run.settle();
     let (records, metrics) = run.stop();
     let recs = decoded(&records);
     assert_eq!(recs.len(), 6 + 10 + 30 + 30, "{recs:#?}");
@@ -146,7 +146,7 @@ fn multiline_timeout_sends_a_trace_of_a_live_file_and_a_pending_trace_survives_r
     let run = start(&cfg, AckMode::InOrder);
     // Trace 0 is complete once trace 1 starts; trace 1 waits for its timeout (600 s) or next start.
     run.wait_for(1, 20);
-    std::thread::sleep(Duration::from_millis(600));
+    run.settle();
     let (first, _) = run.stop();
     let first = decoded(&first);
     assert_eq!(first.len(), 1, "{first:#?}");
@@ -154,11 +154,13 @@ fn multiline_timeout_sends_a_trace_of_a_live_file_and_a_pending_trace_survives_r
 
     // Restart: the pending trace is read again from its first line and gets the id of that line.
     let run = start(&cfg, AckMode::InOrder);
-    std::thread::sleep(Duration::from_millis(600));
+    // Positive signal first: trace 1 was read again and is held pending.
+    run.wait_until("trace 1 read and pending", 30, |m| m.lines.get() >= 6 && m.pending_bytes.get() > 0);
+    run.settle();
     assert_eq!(run.count(), 0, "trace 1 is still pending, trace 0 must not be re-sent");
     w.write_line(Stream::Stdout, &java_trace(2)[0]).unwrap();
     run.wait_for(1, 20);
-    std::thread::sleep(Duration::from_millis(300));
+    run.settle();
     let (second, _) = run.stop();
     let second = decoded(&second);
     assert_eq!(second.len(), 1, "{second:#?}");
@@ -197,7 +199,7 @@ fn docker_json_file_with_partials_rotation_and_gzip_delivers_every_line_once() {
         w.write_line(stream_for(seq), &content(seq)).unwrap();
     }
     run.wait_for(2 * n as usize, 60);
-    std::thread::sleep(Duration::from_millis(300));
+    run.settle();
     let (records, metrics) = run.stop();
     let recs = decoded(&records);
     assert_eq!(verify(&recs, &BTreeMap::from([("d".to_owned(), 2 * n)])), 0);
@@ -233,7 +235,7 @@ fn docker_partials_are_keyed_by_stream_and_timestamps_converted_to_utc() {
     .unwrap();
     let run = start(&env.config(), AckMode::InOrder);
     run.wait_for(3, 20);
-    std::thread::sleep(Duration::from_millis(300));
+    run.settle();
     let (records, _) = run.stop();
     let docs: Vec<serde_json::Value> = records.iter().map(|c| serde_json::from_slice(&c.value).unwrap()).collect();
     let got: Vec<(&str, &str, &str)> = docs
@@ -277,7 +279,11 @@ fn a_deleted_file_not_drained_within_the_grace_period_is_given_up_and_counted() 
         std::thread::sleep(Duration::from_millis(10));
     }
     fs::remove_dir_all(env.root.join("ns_gone_uid-ns-gone")).unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics.files_given_up.get_or_create(&Reason { reason: "deleted_grace" }).get() == 0 {
+        assert!(Instant::now() < deadline, "the deleted file was not given up within 60 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     stopper.stop();
     handle.join().unwrap();
     assert!(received.lock().unwrap().len() < 5_000);
@@ -369,7 +375,7 @@ fn more_live_files_than_max_open_files_are_all_read_without_loss() {
         run.wait_for(6 * 50 * (round as usize + 1), 30);
     }
     let open = run.metrics.open_files.get();
-    std::thread::sleep(Duration::from_millis(300));
+    run.settle();
     let (records, metrics) = run.stop();
     let expected: BTreeMap<String, u64> = (0..6).map(|i| (format!("m{i}"), 200)).collect();
     assert_eq!(verify(&decoded(&records), &expected), 0);
@@ -388,7 +394,8 @@ fn include_exclude_globs_and_inotify_discovery_without_waiting_for_a_rescan() {
     // Only inotify can find files created after start within the test's deadline.
     cfg.tail.rescan_interval = Duration::from_secs(600);
     let run = start(&cfg, AckMode::InOrder);
-    std::thread::sleep(Duration::from_millis(300));
+    // The watcher starts before the first scan.
+    run.wait_until("the first scan", 30, |m| m.scans.get() >= 1);
     let t0 = Instant::now();
     for (ns, container) in [("team-a", "app"), ("team-a", "sidecar"), ("team-b", "app"), ("other", "app")] {
         let mut w = writer_in(&env, ns, "p", container, WriterOptions::default());
@@ -398,10 +405,14 @@ fn include_exclude_globs_and_inotify_discovery_without_waiting_for_a_rescan() {
     }
     run.wait_for(20, 10);
     let found_after = t0.elapsed();
-    std::thread::sleep(Duration::from_millis(800));
+    // A sentinel created after the excluded files: once it arrived, their events were handled.
+    let mut sentinel = writer_in(&env, "team-a", "q", "app", WriterOptions::default());
+    sentinel.write_line(Stream::Stdout, &KubeletWriter::content("sentinel", 0, 60)).unwrap();
+    run.wait_for(21, 10);
     let (records, _) = run.stop();
     let recs = decoded(&records);
-    assert_eq!(verify(&recs, &BTreeMap::from([("team-a/app".to_owned(), 20)])), 0);
+    let expected = BTreeMap::from([("team-a/app".to_owned(), 20), ("sentinel".to_owned(), 1)]);
+    assert_eq!(verify(&recs, &expected), 0);
     assert!(found_after < Duration::from_secs(5), "new files found after {found_after:?}");
     // The safety-net rescan is at most 1 s by default.
     assert!(sluice_shipper::config::TailConfig::default().rescan_interval <= Duration::from_secs(1));
@@ -451,7 +462,7 @@ fn after_a_crash_records_below_acked_max_are_resent_with_their_ids_and_skip_rang
     let cfg = env.config();
     let run = start(&cfg, AckMode::InOrder);
     run.wait_for(20, 20);
-    std::thread::sleep(Duration::from_millis(300));
+    run.settle();
     let (first, _) = run.stop();
     let first = decoded(&first);
     // The checkpoint as a crash can leave it: the prefix is behind, record 5 was acknowledged out of order.
@@ -465,7 +476,7 @@ fn after_a_crash_records_below_acked_max_are_resent_with_their_ids_and_skip_rang
 
     let run = start(&cfg, AckMode::InOrder);
     run.wait_for(19, 20);
-    std::thread::sleep(Duration::from_millis(300));
+    run.settle();
     let (second, metrics) = run.stop();
     let second = decoded(&second);
     let expected: Vec<&Rec> = first.iter().enumerate().filter(|(i, _)| *i != 5).map(|(_, r)| r).collect();
@@ -485,11 +496,208 @@ fn an_unreadable_checkpoint_is_moved_aside_and_files_are_read_from_the_start() {
     fs::write(env.ckpt.join("shipper-checkpoint.json"), b"{\"version\":1,\"generations\":[{\"id\":").unwrap();
     let run = start(&env.config(), AckMode::InOrder);
     run.wait_for(10, 20);
-    std::thread::sleep(Duration::from_millis(400));
+    run.settle();
     let (records, _) = run.stop();
     assert_eq!(verify(&decoded(&records), &BTreeMap::from([("k".to_owned(), 10)])), 0);
     assert!(env.ckpt.join("shipper-checkpoint.json.corrupt").exists());
     let ckpt: serde_json::Value =
         serde_json::from_slice(&fs::read(env.ckpt.join("shipper-checkpoint.json")).unwrap()).unwrap();
     assert_eq!(ckpt["generations"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_failing_checkpoint_write_is_counted_delivery_goes_on_and_the_next_write_catches_up() {
+    let env = Env::new();
+    let mut w = writer_in(&env, "ns", "ckerr", "app", WriterOptions::default());
+    for seq in 0..10 {
+        w.write_line(Stream::Stdout, &KubeletWriter::content("e", seq, 60)).unwrap();
+    }
+    let cfg = env.config();
+    let run = start(&cfg, AckMode::InOrder);
+    run.wait_for(10, 20);
+    run.wait_until("a first checkpoint write", 30, |m| m.checkpoint_writes.get() >= 1);
+    // The checkpoint directory becomes unusable (tests run as root, so permissions would not do:
+    // a file in its place makes every write fail).
+    fs::remove_dir_all(&env.ckpt).unwrap();
+    fs::write(&env.ckpt, b"not a directory").unwrap();
+    for seq in 10..20 {
+        w.write_line(Stream::Stdout, &KubeletWriter::content("e", seq, 60)).unwrap();
+    }
+    run.wait_for(20, 20);
+    run.wait_until("a failed checkpoint write", 30, |m| m.checkpoint_errors.get() >= 1);
+    // Fixed: the next write succeeds and covers everything acknowledged meanwhile.
+    fs::remove_file(&env.ckpt).unwrap();
+    fs::create_dir_all(&env.ckpt).unwrap();
+    let writes = run.metrics.checkpoint_writes.get();
+    run.wait_until("a checkpoint write after the fix", 30, |m| m.checkpoint_writes.get() > writes);
+    let (records, metrics) = run.stop();
+    assert_eq!(verify(&decoded(&records), &BTreeMap::from([("e".to_owned(), 20)])), 0);
+    assert!(metrics.checkpoint_errors.get() >= 1);
+    let run = start(&cfg, AckMode::InOrder);
+    run.settle();
+    let (again, _) = run.stop();
+    assert!(again.is_empty(), "{} records re-sent: the checkpoint did not catch up", again.len());
+}
+
+/// The checkpoint is written to a temp file and renamed over the old one: a crash between the two
+/// leaves a partial temp file and the old checkpoint intact, which the next start uses.
+#[test]
+fn a_crash_between_checkpoint_write_and_rename_leaves_the_old_checkpoint_in_use() {
+    let env = Env::new();
+    let mut w = writer_in(&env, "ns", "atomic", "app", WriterOptions::default());
+    for seq in 0..50 {
+        w.write_line(Stream::Stdout, &KubeletWriter::content("t", seq, 60)).unwrap();
+    }
+    let cfg = env.config();
+    let run = start(&cfg, AckMode::InOrder);
+    run.wait_for(50, 20);
+    // While checkpoints are written (every 200 ms, more lines keep them changing), every read of
+    // the checkpoint sees a whole file: it is never written in place.
+    let path = env.ckpt.join("shipper-checkpoint.json");
+    let writes = run.metrics.checkpoint_writes.get();
+    let mut reads = 0;
+    let mut seq = 50;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while run.metrics.checkpoint_writes.get() < writes + 5 {
+        assert!(Instant::now() < deadline, "fewer than 5 checkpoint writes in 60 s");
+        // A new line keeps the checkpoint changing (it is written only when changed).
+        w.write_line(Stream::Stdout, &KubeletWriter::content("t", seq, 60)).unwrap();
+        seq += 1;
+        std::thread::sleep(Duration::from_millis(1));
+        if let Ok(bytes) = fs::read(&path) {
+            serde_json::from_slice::<serde_json::Value>(&bytes).expect("a whole checkpoint at every moment");
+            reads += 1;
+        }
+    }
+    assert!(reads > 10, "{reads} reads");
+    run.wait_for(seq as usize, 30);
+    let (first, _) = run.stop();
+    assert_eq!(first.len(), seq as usize);
+    let intact = fs::read(&path).unwrap();
+    // The crash: a temp file cut in the middle of its write, never renamed.
+    fs::write(env.ckpt.join("shipper-checkpoint.json.tmp"), &intact[..intact.len() / 2]).unwrap();
+    let run = start(&cfg, AckMode::InOrder);
+    run.settle();
+    let (second, metrics) = run.stop();
+    assert!(second.is_empty(), "{} records re-sent: the old checkpoint was not used", second.len());
+    assert_eq!(metrics.checkpoint_errors.get(), 0);
+    assert!(!env.ckpt.join("shipper-checkpoint.json.corrupt").exists(), "the intact checkpoint was moved aside");
+}
+
+/// `tail.rotate_wait`: a renamed live file stays open for the runtime's late writes while the new
+/// file is empty, and is released only after the wait.
+#[test]
+fn a_renamed_file_is_read_for_late_writes_and_released_after_rotate_wait() {
+    let env = Env::new();
+    let dir = env.root.join("ns_rw_uid-rw/app");
+    fs::create_dir_all(&dir).unwrap();
+    let line = |seq: u64| format!("2026-11-27T00:00:00.{seq:09}Z stdout F rw {seq:08}\n");
+    let live = dir.join("0.log");
+    fs::write(&live, (0..5).map(line).collect::<String>()).unwrap();
+    let mut cfg = env.config();
+    cfg.tail.rotate_wait = Duration::from_secs(3);
+    let run = start(&cfg, AckMode::InOrder);
+    run.wait_for(5, 20);
+    let rotated = dir.join("0.log.20261127-000001");
+    fs::rename(&live, &rotated).unwrap();
+    fs::write(&live, b"").unwrap();
+    let renamed_at = Instant::now();
+    // The runtime still writes to the renamed file until it reopens.
+    let mut f = fs::OpenOptions::new().append(true).open(&rotated).unwrap();
+    use std::io::Write;
+    f.write_all((5..10).map(line).collect::<String>().as_bytes()).unwrap();
+    drop(f);
+    run.wait_for(10, 20);
+    run.wait_until("the rotated generation released", 60, |m| m.generations_completed.get() >= 1);
+    let released_after = renamed_at.elapsed();
+    assert!(released_after >= Duration::from_secs(3), "released after {released_after:?}, before rotate_wait");
+    // The new file is read from its start.
+    fs::write(&live, (10..12).map(line).collect::<String>()).unwrap();
+    run.wait_for(12, 20);
+    run.settle();
+    let (records, metrics) = run.stop();
+    assert_eq!(verify(&decoded(&records), &BTreeMap::from([("rw".to_owned(), 12)])), 0);
+    assert!(metrics.rotations.get() >= 1);
+}
+
+/// A sink that acknowledges every second record at once and never the others (out-of-order acks
+/// leaving a gap after each acknowledged record).
+struct OddAcker {
+    acker: Acker,
+    n: usize,
+    received: Arc<Mutex<Vec<Collected>>>,
+}
+
+impl Sink for OddAcker {
+    fn submit(&mut self, record: &Record<'_>, token: AckToken) -> Result<(), SinkError> {
+        self.received.lock().unwrap().push(Collected {
+            id: record.id.to_owned(),
+            key: record.key.to_owned(),
+            value: record.value.to_vec(),
+        });
+        if self.n % 2 == 1 {
+            self.acker.ack_all(vec![token]);
+        }
+        self.n += 1;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// The checkpoint's skip list is capped at 1024 ranges per generation (bounded memory and file);
+/// ranges beyond the cap are forgotten, which only re-sends those records (same ids), never loses one.
+#[test]
+fn the_skip_list_is_capped_at_1024_ranges_and_the_cap_loses_nothing() {
+    let env = Env::new();
+    let mut w = writer_in(&env, "ns", "skip", "app", WriterOptions { compress: false, ..WriterOptions::default() });
+    let n = 3_000u64;
+    for seq in 0..n {
+        w.write_line(Stream::Stdout, &KubeletWriter::content("s", seq, 60)).unwrap();
+    }
+    let cfg = env.config();
+    let (acker, events) = pipeline::channel();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = OddAcker { acker, n: 0, received: received.clone() };
+    let metrics = Metrics::default();
+    let p = Pipeline::new(&cfg, sink, events, metrics.clone()).unwrap();
+    let stopper = p.stopper();
+    let handle = std::thread::spawn(move || p.run().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics.acked.get() < n / 2 {
+        assert!(Instant::now() < deadline, "{} of {} acknowledged", metrics.acked.get(), n / 2);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stopper.stop();
+    handle.join().unwrap();
+    let first = decoded(&received.lock().unwrap());
+    assert_eq!(first.len() as u64, n);
+    let ckpt: serde_json::Value =
+        serde_json::from_slice(&fs::read(env.ckpt.join("shipper-checkpoint.json")).unwrap()).unwrap();
+    let generation = &ckpt["generations"][0];
+    assert_eq!(generation["offset"], 0, "record 0 was never acknowledged");
+    let skip = generation["skip"].as_array().unwrap();
+    assert_eq!(skip.len(), 1024, "{} skip ranges for {} out-of-order acknowledgements", skip.len(), n / 2);
+
+    // Restart, acknowledging everything: what is in the skip list is not sent again, everything
+    // else is — the unacknowledged half and the acknowledged records beyond the cap.
+    let run = start(&cfg, AckMode::InOrder);
+    run.wait_for((n - 1024) as usize, 60);
+    run.settle();
+    let (second, metrics) = run.stop();
+    let second = decoded(&second);
+    assert_eq!(second.len() as u64, n - 1024);
+    assert_eq!(metrics.skipped_acked.get(), 1024);
+    let mut seen: Vec<u64> =
+        first.iter().enumerate().filter(|(i, _)| i % 2 == 1).map(|(_, r)| seq_of(&r.message).1).collect();
+    seen.extend(second.iter().map(|r| seq_of(&r.message).1));
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len() as u64, n, "every record acknowledged in one of the two runs");
+    // The ids of the records sent again are those of the first run.
+    for r in &second {
+        assert_eq!(first.iter().find(|f| f.message == r.message).unwrap().id, r.id);
+    }
 }

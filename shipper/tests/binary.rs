@@ -6,7 +6,7 @@ mod common;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,8 +17,21 @@ use sluice_shipper::testkit::{KubeletWriter, WriterOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice-shipper");
 
+/// A port reserved for this test process (not bound and released: see the harness).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    sluice_integration_tests::free_port()
+}
+
+/// Waits until the agent on `port` started two more full scans than now (each scan is followed
+/// by a read of every file): the positive signal before asserting that nothing more was printed.
+fn settle(port: u16) {
+    let scans = || http_get(port, "/metrics").and_then(|(_, body)| metric(&body, "sluice_shipper_scans_total"));
+    let start = scans().expect("scans_total on /metrics");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scans().is_none_or(|n| n < start + 2.0) {
+        assert!(Instant::now() < deadline, "no two more scans within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -192,7 +205,61 @@ fn inspect_prints_the_same_lines_as_output_stdout_with_multiline_rules() {
         assert!(Instant::now() < deadline, "output: stdout printed {}", fs::read_to_string(&out).unwrap());
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    settle(port);
     terminate(child);
     assert_eq!(fs::read_to_string(&out).unwrap(), inspected, "`output: stdout` prints what `inspect` prints");
+}
+
+/// Peak resident memory of a process (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    kb * 1024
+}
+
+/// docs/shipper.md, `limits.inflight_bytes`: the default 4 MiB keeps a node with 500 files under
+/// 32 MiB RSS at full speed; records in flight never exceed the limit (plus one record).
+#[test]
+fn five_hundred_files_at_full_speed_stay_under_32_mib_rss_and_the_inflight_limit() {
+    let env = Env::new();
+    let (files, lines) = (500u64, 200u64);
+    for i in 0..files {
+        let dir = env.root.join(format!("ns_p{i}_uid-{i}/app"));
+        fs::create_dir_all(&dir).unwrap();
+        let mut body = String::new();
+        for seq in 0..lines {
+            let msg = format!("p{i} {seq:08} {}", "m".repeat(150));
+            body.push_str(&format!("2026-11-27T00:00:00.{seq:09}Z stdout F {msg}\n"));
+        }
+        fs::write(dir.join("0.log"), body).unwrap();
+    }
+    let port = free_port();
+    let cfg = config(&env, &format!("metrics:\n  listen: 127.0.0.1:{port}\n"));
+    let out = env.tmp.path().join("out.jsonl");
+    let child = spawn(&cfg, &out);
+    let total = (files * lines) as f64;
+    let limit = 4.0 * 1024.0 * 1024.0;
+    let mut max_inflight: f64 = 0.0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some((200, text)) = http_get(port, "/metrics") {
+            max_inflight = max_inflight.max(metric(&text, "sluice_shipper_inflight_bytes").unwrap_or(0.0));
+            if metric(&text, "sluice_shipper_records_acked_total") == Some(total) {
+                assert_eq!(metric(&text, "sluice_shipper_files"), Some(files as f64));
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "not all {total} records acknowledged within 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rss = peak_rss(child.id());
+    terminate(child);
+    eprintln!("500 files, {total} records: peak RSS {} KiB, max in flight seen {max_inflight} bytes", rss / 1024);
+    assert!(rss < 32 * 1024 * 1024, "peak RSS {} KiB with 500 files", rss / 1024);
+    assert!(max_inflight <= limit + 1024.0, "{max_inflight} bytes in flight with a 4 MiB limit");
+    assert_eq!(fs::read_to_string(&out).unwrap().lines().count() as f64, total);
 }

@@ -21,10 +21,7 @@ fn append(path: &std::path::Path, s: &str) {
 }
 
 fn run_once(cfg: &sluice_shipper::config::ShipperConfig, mode: AckMode, n: usize) -> Vec<Collected> {
-    let run = start(cfg, mode);
-    run.wait_for(n, 20);
-    std::thread::sleep(Duration::from_millis(400));
-    run.stop().0
+    start(cfg, mode).finish(n, 20).0
 }
 
 /// Scenario 9: the index date (`sluice.ts`) of a line whose timestamp cannot be read is the last
@@ -93,9 +90,7 @@ fn empty_gzip_generation_is_skipped_and_newer_generations_flow() {
     fs::write(dir.join("0.log.20270101-000002"), cri_lines("egz", 0, 10)).unwrap();
     fs::write(dir.join("0.log"), cri_lines("egz", 10, 20)).unwrap();
     let run = start(&env.config(), AckMode::InOrder);
-    run.wait_for(20, 10);
-    std::thread::sleep(Duration::from_millis(300));
-    let (records, metrics) = run.stop();
+    let (records, metrics) = run.finish(20, 10);
     let expected = std::collections::BTreeMap::from([("egz".to_owned(), 20)]);
     assert_eq!(verify(&records.iter().map(decode).collect::<Vec<_>>(), &expected), 0);
     assert_eq!(given_up(&metrics, "empty"), 1);
@@ -112,9 +107,7 @@ fn corrupt_gzip_generation_is_skipped_counted_and_newer_generations_flow() {
     fs::write(dir.join("0.log.20270101-000002"), cri_lines("cgz", 0, 10)).unwrap();
     fs::write(dir.join("0.log"), cri_lines("cgz", 10, 20)).unwrap();
     let run = start(&env.config(), AckMode::InOrder);
-    run.wait_for(20, 10);
-    std::thread::sleep(Duration::from_millis(300));
-    let (records, metrics) = run.stop();
+    let (records, metrics) = run.finish(20, 10);
     let expected = std::collections::BTreeMap::from([("cgz".to_owned(), 20)]);
     assert_eq!(verify(&records.iter().map(decode).collect::<Vec<_>>(), &expected), 0);
     assert_eq!(given_up(&metrics, "unreadable"), 1, "counted once, not once per poll");
@@ -130,28 +123,9 @@ fn directory_named_like_a_generation_is_not_a_generation() {
     fs::create_dir_all(dir.join("0.log.20270101-000002.gz")).unwrap();
     fs::write(dir.join("0.log"), cri_lines("dgz", 0, 20)).unwrap();
     let run = start(&env.config(), AckMode::InOrder);
-    run.wait_for(20, 10);
-    std::thread::sleep(Duration::from_millis(300));
-    let (records, _) = run.stop();
+    let (records, _) = run.finish(20, 10);
     let expected = std::collections::BTreeMap::from([("dgz".to_owned(), 20)]);
     assert_eq!(verify(&records.iter().map(decode).collect::<Vec<_>>(), &expected), 0);
-}
-
-/// Starts the pipeline with a [`CollectSink`] whose acknowledgements are held until released.
-fn start_held(
-    cfg: &sluice_shipper::config::ShipperConfig,
-    mode: AckMode,
-) -> (Running, std::sync::Arc<std::sync::atomic::AtomicBool>) {
-    let (acker, events) = sluice_shipper::pipeline::channel();
-    let sink = sluice_shipper::sink::CollectSink::new(acker, mode);
-    sink.hold.store(true, std::sync::atomic::Ordering::SeqCst);
-    let hold = sink.hold.clone();
-    let received = sink.received.clone();
-    let metrics = sluice_shipper::metrics::Metrics::default();
-    let p = sluice_shipper::pipeline::Pipeline::new(cfg, sink, events, metrics.clone()).unwrap();
-    let stopper = p.stopper();
-    let handle = std::thread::spawn(move || p.run().unwrap());
-    (Running { handle, stopper, received, metrics }, hold)
 }
 
 fn long_lines(tag: &str, from: u64, to: u64) -> String {
@@ -192,14 +166,12 @@ fn lagging_generation_gzipped_while_blocked_is_read_to_the_end() {
     cfg.limits.inflight_bytes = sluice_shipper::config::ByteSize::kib(64);
     let (run, hold) = start_held(&cfg, AckMode::InOrder);
     run.wait_for(50, 10);
-    std::thread::sleep(Duration::from_millis(300));
+    run.wait_scans(2);
     assert!(run.count() < 1000, "blocked by back-pressure: {}", run.count());
     kubelet_gzip(&rotated);
-    std::thread::sleep(Duration::from_millis(2000)); // several scans and ticks past the grace
+    run.wait_scans(10); // 2 s: several scans and ticks past the grace
     hold.store(false, std::sync::atomic::Ordering::SeqCst);
-    run.wait_for(3010, 30);
-    std::thread::sleep(Duration::from_millis(300));
-    let (records, metrics) = run.stop();
+    let (records, metrics) = run.finish(3010, 30);
     expect_all(&records, "lag", 3010);
     assert_eq!(given_up(&metrics, "deleted_grace"), 0);
 }
@@ -220,17 +192,15 @@ fn lagging_generation_gzipped_is_not_given_up_for_max_open_files() {
     cfg.limits.inflight_bytes = sluice_shipper::config::ByteSize::mib(1);
     let (run, hold) = start_held(&cfg, AckMode::InOrder);
     run.wait_for(100, 10);
-    std::thread::sleep(Duration::from_millis(300));
+    run.wait_scans(2);
     assert!(run.count() < 6000, "blocked by back-pressure: {}", run.count());
     kubelet_gzip(&rotated);
     let b = env.root.join("ns_a_uid-a/app");
     fs::create_dir_all(&b).unwrap();
     fs::write(b.join("0.log"), long_lines("aa", 0, 10)).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    run.wait_scans(3);
     hold.store(false, std::sync::atomic::Ordering::SeqCst);
-    run.wait_for(12_010, 60);
-    std::thread::sleep(Duration::from_millis(300));
-    let (records, metrics) = run.stop();
+    let (records, metrics) = run.finish(12_010, 60);
     expect_all(&records, "zz", 12_000);
     expect_all(&records, "aa", 10);
     assert_eq!(given_up(&metrics, "max_open_files"), 0);
@@ -253,13 +223,13 @@ fn reopen_after_eviction_checks_identity_not_the_inode() {
     cfg.tail.max_open_files = 1;
     let run = start(&cfg, AckMode::InOrder);
     run.wait_for(100, 10);
-    std::thread::sleep(Duration::from_millis(300));
+    run.wait_scans(2);
     // Another file needs the only handle: the idle live file is closed (reopened later).
     let b = env.root.join("ns_z_uid-z/app");
     fs::create_dir_all(&b).unwrap();
     fs::write(b.join("0.log"), long_lines("aa", 0, 10)).unwrap();
     run.wait_for(110, 10);
-    std::thread::sleep(Duration::from_millis(500));
+    run.wait_scans(2);
     // While closed: more lines, rotation, compression; the new live file reuses the inode.
     append(&live, &long_lines("zz", 100, 150));
     let rotated = a.join("0.log.20270101-000001");
@@ -267,9 +237,7 @@ fn reopen_after_eviction_checks_identity_not_the_inode() {
     kubelet_gzip(&rotated);
     create_with_inode(&live, &long_lines("zz", 150, 400), ino);
     assert_eq!(fs::metadata(&live).unwrap().ino(), ino, "precondition: the filesystem reused the inode");
-    run.wait_for(410, 20);
-    std::thread::sleep(Duration::from_millis(500));
-    let (records, _) = run.stop();
+    let (records, _) = run.finish(410, 20);
     expect_all(&records, "zz", 400);
     expect_all(&records, "aa", 10);
     let recs: Vec<Rec> = records.iter().map(decode).filter(|r| r.message.starts_with("zz")).collect();
@@ -318,17 +286,15 @@ fn copytruncate_reads_the_unread_rest_from_the_copy() {
     cfg.limits.inflight_bytes = sluice_shipper::config::ByteSize::kib(64);
     let (run, hold) = start_held(&cfg, AckMode::InOrder);
     run.wait_for(50, 10);
-    std::thread::sleep(Duration::from_millis(300));
+    run.wait_scans(2);
     assert!(run.count() < 1000, "blocked by back-pressure: {}", run.count());
     // copytruncate: copy under a rotation name, truncate in place, the program writes on.
     fs::copy(&live, dir.join("0.log.20270101-000001")).unwrap();
     fs::OpenOptions::new().write(true).open(&live).unwrap().set_len(0).unwrap();
     append(&live, &long_lines("ct", 3000, 3050));
-    std::thread::sleep(Duration::from_millis(600));
+    run.wait_scans(3);
     hold.store(false, std::sync::atomic::Ordering::SeqCst);
-    run.wait_for(3050, 30);
-    std::thread::sleep(Duration::from_millis(300));
-    let (records, metrics) = run.stop();
+    let (records, metrics) = run.finish(3050, 30);
     expect_all(&records, "ct", 3050);
     assert_eq!(metrics.copytruncate.get(), 1);
     let recs: Vec<Rec> = records.iter().map(decode).collect();
@@ -351,12 +317,12 @@ fn failed_listings_do_not_collect_checkpoint_entries() {
     let cfg = env.config();
     let run = start(&cfg, AckMode::InOrder);
     run.wait_for(110, 10);
-    std::thread::sleep(Duration::from_millis(500));
+    run.wait_scans(2);
     let away = env.tmp.path().join("pods.away");
     fs::rename(&env.root, &away).unwrap();
-    std::thread::sleep(Duration::from_millis(1500)); // more than three scans
+    run.wait_scans(8); // more than three scans
     fs::rename(&away, &env.root).unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    run.wait_scans(8);
     let (records, metrics) = run.stop();
     expect_all(&records, "gc", 110);
     assert_eq!(records.len(), 110, "nothing sent twice");
@@ -379,15 +345,55 @@ fn lagging_generation_deleted_before_it_was_opened_is_counted() {
     cfg.limits.inflight_bytes = sluice_shipper::config::ByteSize::kib(64);
     let (run, hold) = start_held(&cfg, AckMode::InOrder);
     run.wait_for(50, 10);
-    std::thread::sleep(Duration::from_millis(500));
+    run.wait_scans(2);
     fs::remove_file(&second).unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    run.wait_scans(8);
     hold.store(false, std::sync::atomic::Ordering::SeqCst);
-    run.wait_for(3010, 30);
-    std::thread::sleep(Duration::from_millis(500));
-    let (_, metrics) = run.stop();
+    let (_, metrics) = run.finish(3010, 30);
     assert_eq!(given_up(&metrics, "deleted_unread"), 1);
     assert_eq!(metrics.bytes_given_up.get(), body.len() as u64);
+}
+
+/// Scenario 6: a live file whose generation the checkpoint already marks done (read to its end, or
+/// given up) and that is re-identified when its first line completes is closed quietly: not given
+/// up after `deleted_file_grace` with its whole size counted, neither while it stays nor when it
+/// is later deleted. Nothing of it is sent again.
+#[test]
+fn live_file_already_done_is_not_counted_as_given_up_when_re_identified_or_deleted() {
+    let env = Env::new();
+    let dir = env.root.join("ns_dn_uid-dn/app");
+    fs::create_dir_all(&dir).unwrap();
+    let live = dir.join("0.log");
+    let first = "2027-01-01T00:00:00.000000001Z stdout F dn 00000000";
+    fs::write(&live, format!("{first}\n")).unwrap();
+    let mut cfg = env.config();
+    cfg.tail.deleted_file_grace = Duration::from_millis(300);
+    assert_eq!(run_once(&cfg, AckMode::InOrder, 1).len(), 1);
+    // The checkpoint says the generation is done.
+    let ckpt = env.ckpt.join("shipper-checkpoint.json");
+    let mut v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&ckpt).unwrap()).unwrap();
+    v["generations"][0]["complete"] = serde_json::Value::Bool(true);
+    fs::write(&ckpt, serde_json::to_vec(&v).unwrap()).unwrap();
+    // The same generation's file again, its first line not complete yet: opened without identity.
+    fs::remove_file(&live).unwrap();
+    fs::write(&live, first).unwrap();
+    let run = start(&cfg, AckMode::InOrder);
+    // Opened without identity (before three scans without it would collect the checkpoint entry).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while run.metrics.open_files.get() < 1 {
+        assert!(std::time::Instant::now() < deadline, "the live file was not opened within 30 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(run.metrics.checkpoint_gc.get() == 0, "precondition: the done entry is still loaded");
+    append(&live, "\n2027-01-01T00:00:00.000000002Z stdout F dn 00000001\n");
+    run.wait_scans(10); // 2 s: several times the grace
+    fs::remove_file(&live).unwrap();
+    run.wait_scans(10);
+    let (records, metrics) = run.stop();
+    assert_eq!(given_up(&metrics, "deleted_grace"), 0);
+    assert_eq!(given_up(&metrics, "vanished"), 0);
+    assert_eq!(metrics.bytes_given_up.get(), 0);
+    assert!(records.is_empty(), "a done generation is not sent again: {records:?}");
 }
 
 /// Scenario 6: bytes given up of a gzipped generation are uncompressed bytes (the gzip trailer's
@@ -408,19 +414,19 @@ fn bytes_given_up_of_a_gzip_generation_are_uncompressed_bytes() {
     cfg.limits.inflight_bytes = sluice_shipper::config::ByteSize::mib(1);
     let (run, hold) = start_held(&cfg, AckMode::InOrder);
     run.wait_for(100, 10);
-    std::thread::sleep(Duration::from_millis(300));
+    run.wait_scans(2);
     fs::remove_file(&gz).unwrap(); // deleted while read: no other copy of the generation
     let b = env.root.join("ns_a_uid-a/app");
     fs::create_dir_all(&b).unwrap();
     fs::write(b.join("0.log"), long_lines("aa", 0, 10)).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    run.wait_scans(3);
     hold.store(false, std::sync::atomic::Ordering::SeqCst);
     run.wait_for(10, 10);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while given_up(&run.metrics, "max_open_files") == 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    run.wait_scans(2);
     let (records, metrics) = run.stop();
     assert_eq!(given_up(&metrics, "max_open_files"), 1);
     let read: u64 = records
@@ -472,9 +478,7 @@ fn cri_dockerd_symlinked_live_file_and_docker_rotations() {
     fs::rename(docker.join(format!("{id}-json.log.1")), docker.join(format!("{id}-json.log.2"))).unwrap();
     fs::rename(&target, docker.join(format!("{id}-json.log.1"))).unwrap();
     fs::write(&target, lines(150, 200)).unwrap();
-    run.wait_for(200, 10);
-    std::thread::sleep(Duration::from_millis(500));
-    let (records, _) = run.stop();
+    let (records, _) = run.finish(200, 10);
     expect_all(&records, "dk", 200);
     assert_eq!(records.len(), 200, "read once");
     let v: serde_json::Value = serde_json::from_slice(&records[0].value).unwrap();
@@ -524,11 +528,154 @@ fn open_gzip_readers_are_bounded() {
         most = most.max(open_gz_under(env.tmp.path()));
         std::thread::sleep(Duration::from_millis(5));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    run.wait_scans(2);
     let (records, _) = run.stop();
     for p in 0..pods {
         expect_all(&records, &format!("g{p:02}"), 3010);
     }
     // 4 readers, plus at most one `.gz` opened for a moment to read its first line (identity).
     assert!(most <= 5, "{most} gzip files open at once");
+}
+
+// ---- Scenario 2: record boundaries cut by time or memory are reproduced after a SIGKILL ----
+
+use common::kafka_support::{Collector, KillOnDrop, Msg, Setup};
+
+/// A shipper against real Kafka whose checkpoint is written only at a graceful stop (interval 1 h):
+/// after a SIGKILL every record is read again from offset 0, as after a crash just before a write.
+fn cut_setup(bootstrap: &str, topic: &str, extra: &str) -> Setup {
+    let setup = Setup::new(bootstrap, topic, extra);
+    let yaml = fs::read_to_string(&setup.config).unwrap();
+    let yaml = yaml.replace("  interval: 200ms\ntail:", "  interval: 1h\ntail:");
+    assert!(yaml.contains("interval: 1h"), "checkpoint interval not found in {yaml}");
+    fs::write(&setup.config, yaml).unwrap();
+    setup
+}
+
+fn cri_line(tag: &str, content: &str) -> String {
+    format!("2027-01-01T00:00:00.000000001Z stdout {tag} {content}\n")
+}
+
+/// SIGKILL (no checkpoint written, no graceful flush), then the shipper started again.
+fn sigkill_before_any_checkpoint(setup: &Setup, shipper: &mut KillOnDrop) {
+    assert!(setup.checkpoint().is_empty(), "precondition: no checkpoint written before the kill");
+    shipper.kill().unwrap();
+    shipper.wait().unwrap();
+}
+
+/// Every record id of `file` always carries the same message (no content lost behind an id
+/// re-used with other content), and the records, one per id in offset order, joined by `sep`,
+/// cover exactly `expected` (nothing lost, nothing duplicated under another id).
+fn assert_same_boundaries(msgs: &[Msg], file: &std::path::Path, sep: &str, expected: &str) {
+    let mut by_id: std::collections::BTreeMap<String, (u64, String)> = Default::default();
+    for r in msgs.iter().map(Msg::rec).filter(|r| r.path == path_str(file)) {
+        match by_id.get(&r.id) {
+            Some((_, m)) => assert_eq!(m, &r.message, "id {} sent with two different contents", r.id),
+            None => {
+                by_id.insert(r.id.clone(), (r.offset, r.message.clone()));
+            }
+        }
+    }
+    let mut recs: Vec<(u64, String)> = by_id.into_values().collect();
+    recs.sort();
+    let joined = recs.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join(sep);
+    assert_eq!(joined, expected, "records of {}: {recs:?}", file.display());
+}
+
+fn pod_file(setup: &Setup, pod: &str) -> std::path::PathBuf {
+    let dir = setup.root.join(format!("ns_{pod}_uid-{pod}/app"));
+    fs::create_dir_all(&dir).unwrap();
+    dir.join("0.log")
+}
+
+async fn cut_topic(name: &str) -> (sluice_integration_tests::Kafka, String) {
+    let kafka = sluice_integration_tests::kafka().await;
+    let topic = sluice_integration_tests::unique_name(name);
+    kafka.create_topic(&topic, 1).await;
+    (kafka, topic)
+}
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Scenario 2, partial flushed by its timeout: `P abc` is sent alone (timeout), reaches Kafka, the
+/// checkpoint is not written; `F def` is appended while the shipper is down (SIGKILL). The restart
+/// must cut after `abc` again: the same id with the same content, `def` under its own id. (Before:
+/// the id of `abc` came back as `abcdef`, a 409 at the indexer, `def` never indexed.)
+#[tokio::test(flavor = "multi_thread")]
+async fn partial_cut_by_its_timeout_is_cut_there_again_after_sigkill() {
+    let (kafka, topic) = cut_topic("cut-partial").await;
+    tokio::task::spawn_blocking(move || {
+        let setup = cut_setup(&kafka.bootstrap, &topic, "parse:\n  partial_flush_timeout: 300ms\n");
+        let collector = Collector::start(&kafka.bootstrap, &topic);
+        let file = pod_file(&setup, "cp");
+        fs::write(&file, cri_line("P", "abc")).unwrap();
+        let mut shipper = KillOnDrop(setup.spawn());
+        collector.wait_matching(1, WAIT, |m| m.rec().message == "abc");
+        sigkill_before_any_checkpoint(&setup, &mut shipper);
+        append(&file, &cri_line("F", "def"));
+        let _shipper = KillOnDrop(setup.spawn());
+        collector.wait_matching(1, WAIT, |m| m.rec().message.contains("def"));
+        assert_same_boundaries(&collector.messages(), &file, "", "abcdef");
+    })
+    .await
+    .unwrap();
+}
+
+/// Scenario 2, multiline record flushed by its timeout: `Exception` + `  at a` sent as one record
+/// (timeout) before the rest of the trace was written; after SIGKILL and restart with `  at b` and
+/// `next` appended, the record is cut after `  at a` again.
+#[tokio::test(flavor = "multi_thread")]
+async fn multiline_record_cut_by_its_timeout_is_cut_there_again_after_sigkill() {
+    let (kafka, topic) = cut_topic("cut-multiline").await;
+    tokio::task::spawn_blocking(move || {
+        let rule = "multiline:\n  - namespaces: [\"ns\"]\n    containers: [\"app\"]\n    continuation_pattern: '^\\s'\n    timeout: 300ms\n";
+        let setup = cut_setup(&kafka.bootstrap, &topic, rule);
+        let collector = Collector::start(&kafka.bootstrap, &topic);
+        let file = pod_file(&setup, "cm");
+        fs::write(&file, format!("{}{}", cri_line("F", "Exception"), cri_line("F", "  at a"))).unwrap();
+        let mut shipper = KillOnDrop(setup.spawn());
+        collector.wait_matching(1, WAIT, |m| m.rec().message == "Exception\n  at a");
+        sigkill_before_any_checkpoint(&setup, &mut shipper);
+        append(&file, &format!("{}{}", cri_line("F", "  at b"), cri_line("F", "next")));
+        let _shipper = KillOnDrop(setup.spawn());
+        collector.wait_matching(1, WAIT, |m| m.rec().message == "next");
+        assert_same_boundaries(&collector.messages(), &file, "\n", "Exception\n  at a\n  at b\nnext");
+    })
+    .await
+    .unwrap();
+}
+
+/// Scenario 2, partials cut by the memory budget: while file `a` holds most of
+/// `limits.pending_bytes` with a pending partial, file `b`'s partials cannot be held and are sent
+/// one by one. `a` then completes; nothing is checkpointed; SIGKILL. After the restart `a` no longer
+/// holds memory when `b` is re-read, yet `b` is cut exactly as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn partials_cut_by_memory_are_cut_there_again_after_sigkill() {
+    let (kafka, topic) = cut_topic("cut-memory").await;
+    tokio::task::spawn_blocking(move || {
+        let extra = "parse:\n  max_line_bytes: 1KiB\n  partial_flush_timeout: 1h\nlimits:\n  pending_bytes: 1KiB\n";
+        let setup = cut_setup(&kafka.bootstrap, &topic, extra);
+        let collector = Collector::start(&kafka.bootstrap, &topic);
+        let a = pod_file(&setup, "ma");
+        let b = pod_file(&setup, "mb");
+        let (x, y, z) = ("x".repeat(700), "y".repeat(300), "z".repeat(300));
+        fs::write(&a, cri_line("P", &x)).unwrap();
+        let mut shipper = KillOnDrop(setup.spawn());
+        setup.wait_metric("sluice_shipper_pending_bytes", WAIT, |v| v >= 700.0);
+        fs::write(&b, format!("{}{}{}", cri_line("P", &y), cri_line("P", &z), cri_line("F", "b-end"))).unwrap();
+        collector.wait_matching(1, WAIT, |m| m.rec().message == "b-end");
+        append(&a, &cri_line("F", "a-end"));
+        collector.wait_matching(1, WAIT, |m| m.rec().message.ends_with("a-end"));
+        sigkill_before_any_checkpoint(&setup, &mut shipper);
+        let _shipper = KillOnDrop(setup.spawn());
+        // Sentinels: once they arrive, everything re-read before them has (one partition, in order).
+        append(&a, &cri_line("F", "a-sentinel"));
+        append(&b, &cri_line("F", "b-sentinel"));
+        collector.wait_matching(2, WAIT, |m| m.rec().message.ends_with("-sentinel"));
+        let msgs = collector.messages();
+        assert_same_boundaries(&msgs, &a, "|", &format!("{x}a-end|a-sentinel"));
+        assert_same_boundaries(&msgs, &b, "|", &format!("{y}|{z}|b-end|b-sentinel"));
+    })
+    .await
+    .unwrap();
 }

@@ -50,49 +50,131 @@ fn read_outputs(paths: &[std::path::PathBuf]) -> (Vec<Rec>, usize) {
     (recs, torn)
 }
 
+/// A checkpoint entry as the next run loads it.
+struct Entry {
+    offset: u64,
+    complete: bool,
+    skip: Vec<(u64, u64)>,
+}
+
+fn load_checkpoint(path: &Path) -> std::collections::HashMap<String, Entry> {
+    let Ok(text) = fs::read_to_string(path) else { return Default::default() };
+    let v: serde_json::Value = serde_json::from_str(&text).expect("the checkpoint parses after a SIGKILL");
+    v["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let skip = g["skip"]
+                .as_array()
+                .map(|a| a.iter().map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap())).collect())
+                .unwrap_or_default();
+            let entry = Entry { offset: g["offset"].as_u64().unwrap(), complete: g["complete"] == true, skip };
+            (g["id"].as_str().unwrap().to_owned(), entry)
+        })
+        .collect()
+}
+
+/// Records of `recs` the checkpoint does not cover: the next run must send them again.
+fn not_covered<'a>(recs: &'a [Rec], ckpt: &std::collections::HashMap<String, Entry>) -> Vec<&'a Rec> {
+    recs.iter()
+        .filter(|r| {
+            let generation = r.id.split_once('-').unwrap().0;
+            match ckpt.get(generation) {
+                None => true,
+                Some(e) => {
+                    !e.complete && r.offset >= e.offset && !e.skip.iter().any(|&(a, b)| (a..b).contains(&r.offset))
+                }
+            }
+        })
+        .collect()
+}
+
 #[test]
 fn sigkill_and_restart_mid_stream_loses_nothing() {
+    use std::os::unix::process::ExitStatusExt;
     let env = Env::new();
     let config = env.tmp.path().join("shipper.yaml");
+    let port = sluice_integration_tests::free_port();
     fs::write(
         &config,
         format!(
-            "node_name: node-1\noutput: stdout\npaths:\n  root: {}\n  symlink_dirs: []\ncheckpoint:\n  dir: {}\n  interval: 200ms\ntail:\n  rescan_interval: 200ms\n  rotate_wait: 500ms\nmetrics:\n  listen: 127.0.0.1:0\n",
+            "node_name: node-1\noutput: stdout\npaths:\n  root: {}\n  symlink_dirs: []\ncheckpoint:\n  dir: {}\n  interval: 200ms\ntail:\n  rescan_interval: 200ms\n  rotate_wait: 500ms\nmetrics:\n  listen: 127.0.0.1:{port}\n",
             env.root.display(),
             env.ckpt.display()
         ),
     )
     .unwrap();
-    let n = 12_000u64;
+    let ckpt_file = env.ckpt.join("shipper-checkpoint.json");
+    // Four phases of lines per writer; phase k is written while run k goes on, so each kill lands
+    // with records left to read (the later phases), whatever the machine's speed.
+    let (phases, per_phase) = (4u64, 3_000u64);
+    let n = phases * per_phase;
     let opts = WriterOptions { max_size: 64 * 1024, max_files: 100, fragment: 256, compress: true };
-    let writers: Vec<_> = (0..2)
+    let (writers, gates): (Vec<_>, Vec<_>) = (0..2)
         .map(|i| {
             let tag = format!("k{i}");
             let mut w =
                 KubeletWriter::new(&env.root, ("ns", &tag, &format!("uid-{tag}"), "app"), 0, opts.clone()).unwrap();
-            std::thread::spawn(move || {
-                for seq in 0..n {
-                    w.write_line(stream_for(seq), &KubeletWriter::content(&tag, seq, len_for(seq))).unwrap();
-                    if seq % 100 == 0 {
-                        std::thread::sleep(Duration::from_millis(4));
+            let (gate, phase) = std::sync::mpsc::channel::<u64>();
+            let handle = std::thread::spawn(move || {
+                for k in phase {
+                    for seq in k * per_phase..(k + 1) * per_phase {
+                        w.write_line(stream_for(seq), &KubeletWriter::content(&tag, seq, len_for(seq))).unwrap();
+                        if seq % 50 == 0 {
+                            std::thread::sleep(Duration::from_millis(4));
+                        }
                     }
                 }
-            })
+                w.rotations
+            });
+            (handle, gate)
         })
-        .collect();
+        .unzip();
 
-    let mut outputs = Vec::new();
-    for round in 0..3 {
+    let mut outputs: Vec<std::path::PathBuf> = Vec::new();
+    let mut must_resend: Vec<(usize, String)> = Vec::new();
+    for round in 0..3u64 {
+        for gate in &gates {
+            gate.send(round).unwrap();
+        }
         let out = env.tmp.path().join(format!("out-{round}.jsonl"));
         outputs.push(out.clone());
         let mut child = spawn(&config, &out);
-        std::thread::sleep(Duration::from_millis(700 + 300 * round));
+        // Kill only once this run has printed records of the phase being written: the kill lands
+        // mid-stream (a slow start cannot turn the test into one clean run).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (recs, _) = read_outputs(std::slice::from_ref(&out));
+            let fresh = recs.iter().filter(|r| seq_of(&r.message).1 >= round * per_phase).count();
+            if fresh >= 50 {
+                break;
+            }
+            assert!(child.try_wait().unwrap().is_none(), "run {round} exited before the kill");
+            assert!(Instant::now() < deadline, "run {round} printed {fresh} records of phase {round} in 60 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(9), "run {round} was not killed by the SIGKILL: {status}");
+        let (all, _) = read_outputs(&outputs);
+        let distinct: std::collections::HashSet<&str> = all.iter().map(|r| r.id.as_str()).collect();
+        assert!((distinct.len() as u64) < 2 * n, "records remained after kill {round}");
+        // What this run printed and the checkpoint does not cover was in flight: it must be
+        // printed again by a later run, with the same id.
+        let (printed, _) = read_outputs(std::slice::from_ref(&out));
+        let ckpt = load_checkpoint(&ckpt_file);
+        must_resend.extend(not_covered(&printed, &ckpt).into_iter().map(|r| (round as usize, r.id.clone())));
+        eprintln!(
+            "kill {round}: {} records printed by this run, {} of them not yet checkpointed",
+            printed.len(),
+            must_resend.iter().filter(|(k, _)| *k == round as usize).count()
+        );
     }
-    for w in writers {
-        w.join().unwrap();
+    for gate in &gates {
+        gate.send(phases - 1).unwrap();
     }
+    drop(gates);
     // Last run: until everything is there, then a graceful SIGTERM.
     let out = env.tmp.path().join("out-final.jsonl");
     outputs.push(out.clone());
@@ -108,6 +190,8 @@ fn sigkill_and_restart_mid_stream_loses_nothing() {
         assert!(Instant::now() < deadline, "only {} of {} distinct records", distinct.len(), 2 * n);
         std::thread::sleep(Duration::from_millis(200));
     }
+    let rotations: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert!(rotations >= 10, "the writers rotated only {rotations} times");
     let term = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
     assert!(term.success());
     let status = child.wait().unwrap();
@@ -115,16 +199,41 @@ fn sigkill_and_restart_mid_stream_loses_nothing() {
 
     let (recs, torn) = read_outputs(&outputs);
     let dups = verify(&recs, &expected);
+    // Every record in flight at a kill was seen again in a later run (same id).
+    let ids_of: Vec<std::collections::HashSet<String>> =
+        outputs.iter().map(|o| read_outputs(std::slice::from_ref(o)).0.into_iter().map(|r| r.id).collect()).collect();
+    for (round, id) in &must_resend {
+        let later = ids_of[round + 1..].iter().any(|ids| ids.contains(id));
+        assert!(later, "record {id}, in flight at kill {round}, was never sent again");
+    }
     eprintln!(
-        "{} records over 4 runs (3 SIGKILLs): {dups} duplicates with identical ids, {torn} torn lines",
-        recs.len()
+        "{} records over 4 runs (3 SIGKILLs): {} in flight at a kill and re-sent, {dups} duplicates with identical ids, {torn} torn lines",
+        recs.len(),
+        must_resend.len()
     );
-    // After the graceful stop the checkpoint covers everything: a new run prints nothing new.
+    assert!(dups >= must_resend.len(), "{dups} duplicates < {} records re-sent", must_resend.len());
+
+    // After the graceful stop the checkpoint covers everything: a new run, once it has scanned
+    // and read both files (positive signal), has printed nothing.
     let out = env.tmp.path().join("out-after.jsonl");
     let mut child = spawn(&config, &out);
-    std::thread::sleep(Duration::from_millis(1500));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(text) = common::kafka_support::http_get(port, "/metrics") {
+            let value = |name: &str| common::kafka_support::series_value(&text, name);
+            if value("sluice_shipper_scans_total").is_some_and(|v| v >= 2.0)
+                && value("sluice_shipper_files").is_some_and(|v| v >= 2.0)
+            {
+                assert_eq!(value("sluice_shipper_records_total"), Some(0.0), "{text}");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the restarted shipper did not scan its files within 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    child.wait().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "graceful shutdown exit status {status}");
     assert_eq!(fs::read_to_string(&out).unwrap(), "", "nothing re-sent after a graceful stop");
 }
 

@@ -141,7 +141,53 @@ pub fn indexer_binary() -> PathBuf {
         "{} is missing: build it first (`cargo build -p sluice-indexer`, or the README's test command)",
         bin.display()
     );
+    // `cargo test -p sluice-integration-tests` does not rebuild another package's binary: a test
+    // must not silently run an old build against new sources.
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let sources = ["indexer/src", "indexer/Cargo.toml", "common/src", "common/Cargo.toml", "Cargo.lock"]
+        .map(|p| workspace.join(p));
+    if let Some(newer) = newer_source(&bin, &sources) {
+        panic!(
+            "{} is older than {}: rebuild it (`cargo build -p sluice-indexer`), or set SLUICE_INDEXER_BIN to run \
+             another build on purpose",
+            bin.display(),
+            newer.display()
+        );
+    }
     bin
+}
+
+/// A file under `sources` (files or directories, recursively) modified after `binary`, if any.
+pub fn newer_source(binary: &std::path::Path, sources: &[PathBuf]) -> Option<PathBuf> {
+    let built = std::fs::metadata(binary).and_then(|m| m.modified()).expect("binary mtime");
+    let mut stack: Vec<PathBuf> = sources.to_vec();
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&path).into_iter().flatten().flatten().map(|e| e.path()));
+        } else if meta.modified().is_ok_and(|m| m > built) {
+            return Some(path);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_binary_older_than_its_sources_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, src) = (dir.path().join("sluice-indexer"), dir.path().join("src"));
+    std::fs::create_dir_all(src.join("bulk")).unwrap();
+    std::fs::write(src.join("bulk/deliver.rs"), "").unwrap();
+    std::fs::write(&bin, "").unwrap();
+    let at = |path: &std::path::Path, secs: u64| {
+        let time = std::time::UNIX_EPOCH + Duration::from_secs(secs);
+        std::fs::File::options().write(true).open(path).unwrap().set_modified(time).unwrap();
+    };
+    at(&src.join("bulk/deliver.rs"), 1_000);
+    at(&bin, 2_000);
+    assert_eq!(newer_source(&bin, std::slice::from_ref(&src)), None, "fresh binary");
+    at(&src.join("bulk/deliver.rs"), 3_000);
+    assert_eq!(newer_source(&bin, &[src.clone()]), Some(src.join("bulk/deliver.rs")), "stale binary");
 }
 
 /// Environment for an indexer of this test.
@@ -264,25 +310,51 @@ impl Indexer {
         self.child.try_wait().expect("try_wait").is_none()
     }
 
-    /// The Prometheus text of `/metrics` (empty if not reachable).
+    /// The Prometheus text of `/metrics`. Fails the test when the endpoint does not answer 200
+    /// (after a few retries: a loaded machine can time one scrape out), so that a dead endpoint
+    /// never reads as "every counter is 0".
     pub fn metrics(&self) -> String {
-        http_get(&self.metrics_addr, "/metrics").unwrap_or_default()
+        for attempt in 0..5 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            if let Some(body) = self.try_metrics() {
+                return body;
+            }
+        }
+        panic!("{}/metrics does not answer 200 (the indexer is down?):\n{}", self.metrics_addr, self.log_tail());
     }
 
-    /// Sum of a metric's samples whose line starts with `prefix` (name plus optional labels).
-    pub fn metric_sum(&self, prefix: &str) -> f64 {
-        metric_sum(&self.metrics(), prefix)
+    /// The Prometheus text of `/metrics`, `None` while the endpoint does not answer 200.
+    pub fn try_metrics(&self) -> Option<String> {
+        match http_get(&self.metrics_addr, "/metrics") {
+            Some((200, body)) => Some(body),
+            _ => None,
+        }
     }
 
-    /// Waits until `metric_sum(prefix)` satisfies `ok` (panics with the log tail after `timeout`).
-    pub async fn wait_metric(&self, prefix: &str, timeout: Duration, ok: impl Fn(f64) -> bool) -> f64 {
+    /// The sum of the samples of `series` (see [`metric_sum`]); fails when the endpoint is down or
+    /// the metric is not exposed at all.
+    pub fn metric_sum(&self, series: &str) -> f64 {
+        metric_sum(&self.metrics(), series)
+    }
+
+    /// Waits until the endpoint answers and `metric_sum(series)` satisfies `ok` (panics with the
+    /// log tail after `timeout`; also when the metric is not exposed once the endpoint answers).
+    pub async fn wait_metric(&self, series: &str, timeout: Duration, ok: impl Fn(f64) -> bool) -> f64 {
         let deadline = Instant::now() + timeout;
         loop {
-            let value = self.metric_sum(prefix);
-            if ok(value) {
+            let value = self.try_metrics().map(|text| metric_sum(&text, series));
+            if let Some(value) = value
+                && ok(value)
+            {
                 return value;
             }
-            assert!(Instant::now() < deadline, "{prefix} stayed at {value} for {timeout:?}:\n{}", self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "{series} stayed at {value:?} (None: endpoint down) for {timeout:?}:\n{}",
+                self.log_tail()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -297,18 +369,120 @@ impl Drop for Indexer {
     }
 }
 
-/// Sum of the samples of lines starting with `prefix`.
-pub fn metric_sum(text: &str, prefix: &str) -> f64 {
-    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+/// A series selector: a metric name and the labels a sample must have (others may be present).
+fn parse_selector(series: &str) -> (&str, Vec<(String, String)>) {
+    match series.split_once('{') {
+        None => (series, Vec::new()),
+        Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
+    }
 }
 
-fn http_get(addr: &str, path: &str) -> Option<String> {
+/// `a="x",b="y\"z"` → pairs (Prometheus text escaping: `\\`, `\"`, `\n`).
+fn parse_labels(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            return out;
+        }
+        assert_eq!(chars.next(), Some('"'), "label {key} without a quoted value in `{text}`");
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => break,
+                '\\' => match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some(other) => value.push(other),
+                    None => break,
+                },
+                c => value.push(c),
+            }
+        }
+        out.push((key.trim().to_owned(), value));
+    }
+}
+
+/// Whether `text` declares the metric family that sample name `name` belongs to (`# TYPE` line;
+/// counters' samples end in `_total`, histograms' in `_bucket` / `_sum` / `_count`).
+fn declared(text: &str, name: &str) -> bool {
+    text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).any(|family| {
+        name.strip_prefix(family)
+            .is_some_and(|suffix| ["", "_total", "_bucket", "_sum", "_count", "_created", "_info"].contains(&suffix))
+    })
+}
+
+/// Sum of the samples of `series` in a Prometheus text body: `name` (every label set) or
+/// `name{label="value",…}` (samples carrying at least those labels). The name is matched exactly,
+/// and a metric the body does not declare at all (renamed, removed, wrong prefix) fails the test
+/// instead of reading as 0; a declared family without a matching sample is 0 (labelled series
+/// appear on first use).
+pub fn metric_sum(text: &str, series: &str) -> f64 {
+    let (name, want) = parse_selector(series);
+    assert!(
+        declared(text, name),
+        "metric {name} is not exposed (renamed or removed?); the endpoint declares:\n{}",
+        text.lines().filter(|l| l.starts_with("# TYPE ")).collect::<Vec<_>>().join("\n")
+    );
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|line| {
+            let (sample, value) = line.rsplit_once(' ')?;
+            let (sample_name, labels) = parse_selector(sample);
+            if sample_name != name || !want.iter().all(|w| labels.contains(w)) {
+                return None;
+            }
+            Some(value.parse::<f64>().unwrap_or_else(|_| panic!("unparsable sample `{line}`")))
+        })
+        .sum()
+}
+
+/// Like [`metric_sum`], but `None` when no sample matches (e.g. to tell a gauge at 0 from a
+/// series that does not exist).
+pub fn series_value(text: &str, series: &str) -> Option<f64> {
+    let (name, want) = parse_selector(series);
+    let matching: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|line| {
+            line.rsplit_once(' ').is_some_and(|(sample, _)| {
+                let (sample_name, labels) = parse_selector(sample);
+                sample_name == name && want.iter().all(|w| labels.contains(w))
+            })
+        })
+        .collect();
+    (!matching.is_empty()).then(|| metric_sum(text, series))
+}
+
+/// GET `path`: status and body, `None` when there is no HTTP answer.
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
     let mut out = String::new();
     stream.read_to_string(&mut out).ok()?;
-    Some(out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+#[test]
+fn metric_sum_matches_names_exactly_and_refuses_undeclared_metrics() {
+    let text = "# HELP sluice_indexer_docs Documents.\n# TYPE sluice_indexer_docs counter\n\
+        sluice_indexer_docs_total{outcome=\"indexed\"} 5\nsluice_indexer_docs_total{outcome=\"duplicate\"} 2\n\
+        # TYPE sluice_indexer_docs_truncated counter\nsluice_indexer_docs_truncated_total 100\n\
+        # TYPE sluice_indexer_node_up gauge\nsluice_indexer_node_up{url=\"http://a:1\",x=\"q\\\"z\"} 1\n# EOF\n";
+    assert_eq!(metric_sum(text, "sluice_indexer_docs_total"), 7.0, "all label sets, not the _truncated metric");
+    assert_eq!(metric_sum(text, "sluice_indexer_docs_total{outcome=\"duplicate\"}"), 2.0);
+    assert_eq!(metric_sum(text, "sluice_indexer_docs_total{outcome=\"dead_lettered\"}"), 0.0, "declared, no series");
+    assert_eq!(metric_sum(text, "sluice_indexer_node_up{url=\"http://a:1\"}"), 1.0);
+    assert_eq!(metric_sum(text, "sluice_indexer_node_up{x=\"q\\\"z\"}"), 1.0);
+    let renamed = std::panic::catch_unwind(|| metric_sum(text, "sluice_indexer_documents_total"));
+    assert!(renamed.is_err(), "an undeclared metric must fail, not read as 0");
+    assert!(std::panic::catch_unwind(|| metric_sum(text, "sluice_indexer_doc")).is_err(), "no prefix matching");
 }
 
 /// Refreshes the indices and counts documents (`None` if the search engine does not answer).

@@ -108,6 +108,12 @@ impl EnrichMetrics {
         self.misses.get_or_create(&Reason { reason: reason.as_str() }).inc();
     }
 
+    /// The counter [`EnrichMetrics::miss`] increments for `reason` (kept per file, so records
+    /// count without a lookup).
+    pub fn miss_counter(&self, reason: Miss) -> Counter {
+        self.misses.get_or_create(&Reason { reason: reason.as_str() }).clone()
+    }
+
     /// Counts `n` records excluded by a filter.
     pub fn count_filtered_records(&self, reason: Excluded, n: u64) {
         self.filtered_records.get_or_create(&Reason { reason: reason.as_str() }).inc_by(n);

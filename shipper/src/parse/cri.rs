@@ -13,7 +13,7 @@ use super::{Fragment, ParseError, parse_stream, timestamp};
 pub fn parse(line: &[u8]) -> Result<Fragment<'_>, ParseError> {
     let sp1 = memchr(b' ', line).ok_or(ParseError::MissingField)?;
     let ts = &line[..sp1];
-    if timestamp::parse(ts).is_none() {
+    if !timestamp::is_valid(ts) {
         return Err(ParseError::Timestamp);
     }
     let rest = &line[sp1 + 1..];

@@ -16,16 +16,17 @@ pub struct Instant {
     pub nanos: u32,
 }
 
-fn digits<const N: usize>(b: &[u8], at: usize) -> Option<u32> {
-    let s = b.get(at..at + N)?;
-    let mut v = 0u32;
-    for &c in s {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        v = v * 10 + u32::from(c - b'0');
+/// The value of the ASCII digits `b`, `None` if any byte is not a digit (fixed-width fields, so
+/// the loop unrolls and the whole field is checked at once).
+#[inline(always)]
+fn number(b: &[u8]) -> Option<u32> {
+    let (mut v, mut ok) = (0u32, true);
+    for &c in b {
+        let d = c.wrapping_sub(b'0');
+        ok &= d < 10;
+        v = v * 10 + u32::from(d);
     }
-    Some(v)
+    ok.then_some(v)
 }
 
 fn days_in_month(year: i64, month: u32) -> u32 {
@@ -70,23 +71,48 @@ pub struct Parsed {
     pub canonical: bool,
 }
 
-/// Parses an RFC 3339 timestamp (`2026-11-27T00:17:09.669794202Z`, `…+02:00`, any fraction length).
-pub fn parse(b: &[u8]) -> Option<Parsed> {
-    let year = digits::<4>(b, 0)?;
-    let month = digits::<2>(b, 5)?;
-    let day = digits::<2>(b, 8)?;
-    let hour = digits::<2>(b, 11)?;
-    let min = digits::<2>(b, 14)?;
-    let sec = digits::<2>(b, 17)?;
-    if b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
+/// The fields of a valid timestamp, before any arithmetic.
+#[derive(Debug, Clone, Copy)]
+struct Fields {
+    year: u32,
+    month: u32,
+    day: u32,
+    /// Seconds since midnight, local time.
+    time: u32,
+    nanos: u32,
+    /// Number of fraction digits as written (any length; only the first nine count).
+    frac_digits: usize,
+    /// Offset east of UTC in seconds (`Z`: 0).
+    offset_secs: i32,
+    /// Uppercase `T` and `Z` with at most nine fraction digits: usable as is.
+    canonical: bool,
+}
+
+/// Validates `b` and splits it into its fields. The date and time are fixed-width (one unrolled
+/// check of the first 19 bytes); only the fraction and the zone vary.
+#[inline]
+fn fields(b: &[u8]) -> Option<Fields> {
+    let head: &[u8; 19] = b.get(..19)?.try_into().ok()?;
+    let year = number(&head[0..4])?;
+    let month = number(&head[5..7])?;
+    let day = number(&head[8..10])?;
+    let hour = number(&head[11..13])?;
+    let min = number(&head[14..16])?;
+    let sec = number(&head[17..19])?;
+    if head[4] != b'-' || head[7] != b'-' || head[13] != b':' || head[16] != b':' {
         return None;
     }
-    let sep = b[10];
+    let sep = head[10];
     if !(sep == b'T' || sep == b't' || sep == b' ') {
         return None;
     }
-    let year = i64::from(year);
-    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) || hour > 23 || min > 59 || sec > 59 {
+    if !(1..=12).contains(&month)
+        || day == 0
+        || day > days_in_month(i64::from(year), month)
+        || hour > 23
+        || min > 59
+        || sec > 59
+    {
         return None;
     }
     let mut i = 19;
@@ -110,22 +136,48 @@ pub fn parse(b: &[u8]) -> Option<Parsed> {
         }
     }
     let (offset_secs, zulu) = match b.get(i)? {
-        b'Z' if i + 1 == b.len() => (0i64, true),
+        b'Z' if i + 1 == b.len() => (0i32, true),
         b'z' if i + 1 == b.len() => (0, false),
         c @ (b'+' | b'-') if b.len() == i + 6 && b[i + 3] == b':' => {
-            let oh = digits::<2>(b, i + 1)?;
-            let om = digits::<2>(b, i + 4)?;
+            let oh = number(&b[i + 1..i + 3])?;
+            let om = number(&b[i + 4..i + 6])?;
             if oh > 23 || om > 59 {
                 return None;
             }
-            let off = i64::from(oh * 3600 + om * 60);
+            let off = (oh * 3600 + om * 60) as i32;
             (if *c == b'+' { off } else { -off }, false)
         }
         _ => return None,
     };
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + i64::from(hour * 3600 + min * 60 + sec) - offset_secs;
-    Some(Parsed { instant: Instant { secs, nanos }, canonical: zulu && sep == b'T' && frac_digits <= 9 })
+    Some(Fields {
+        year,
+        month,
+        day,
+        time: hour * 3600 + min * 60 + sec,
+        nanos,
+        frac_digits,
+        offset_secs,
+        canonical: zulu && sep == b'T' && frac_digits <= 9,
+    })
+}
+
+impl Fields {
+    fn instant(&self) -> Instant {
+        let days = days_from_civil(i64::from(self.year), self.month, self.day);
+        let secs = days * 86_400 + i64::from(self.time) - i64::from(self.offset_secs);
+        Instant { secs, nanos: self.nanos }
+    }
+}
+
+/// Parses an RFC 3339 timestamp (`2026-11-27T00:17:09.669794202Z`, `…+02:00`, any fraction length).
+pub fn parse(b: &[u8]) -> Option<Parsed> {
+    let f = fields(b)?;
+    Some(Parsed { instant: f.instant(), canonical: f.canonical })
+}
+
+/// Whether `b` is a valid RFC 3339 timestamp ([`parse`] without computing the instant).
+pub fn is_valid(b: &[u8]) -> bool {
+    fields(b).is_some()
 }
 
 /// Formats an instant as RFC 3339 UTC with nine fraction digits (`…T00:17:09.669794202Z`).
@@ -146,13 +198,26 @@ pub fn format(instant: Instant, out: &mut String) {
 
 /// Normalises a timestamp to RFC 3339 UTC, borrowing when it already is; `None` when invalid.
 pub fn normalize(b: &[u8]) -> Option<Cow<'_, str>> {
-    let parsed = parse(b)?;
-    if parsed.canonical {
+    let f = fields(b)?;
+    if f.canonical {
         // Validated ASCII above.
         return std::str::from_utf8(b).ok().map(Cow::Borrowed);
     }
     let mut s = String::with_capacity(30);
-    format(parsed.instant, &mut s);
+    if f.offset_secs == 0 && f.frac_digits <= 9 {
+        // UTC already (`+00:00`, `-00:00`, `z`), the common non-canonical forms: the same digits,
+        // the fraction padded to nine (what `format(instant)` writes, tested against it).
+        s.push_str(std::str::from_utf8(&b[..10]).ok()?);
+        s.push('T');
+        s.push_str(std::str::from_utf8(&b[11..19]).ok()?);
+        s.push('.');
+        let frac = if f.frac_digits > 0 { &b[20..20 + f.frac_digits] } else { &b[..0] };
+        s.push_str(std::str::from_utf8(frac).ok()?);
+        s.push_str(&"000000000"[f.frac_digits..]);
+        s.push('Z');
+        return Some(Cow::Owned(s));
+    }
+    format(f.instant(), &mut s);
     Some(Cow::Owned(s))
 }
 
@@ -233,6 +298,33 @@ mod tests {
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = normalize(&bytes);
+            prop_assert_eq!(is_valid(&bytes), parse(&bytes).is_some());
+        }
+
+        /// The UTC fast path of `normalize` (`+00:00`, `-00:00`, `z`, `t`, ` `) writes what formatting
+        /// the parsed instant writes.
+        #[test]
+        fn utc_fast_path_matches_formatting(secs in -62_135_596_800i64..253_402_300_799, nanos in 0u32..1_000_000_000,
+                                            digits in 0usize..12, zone in 0usize..4, sep in 0usize..3) {
+            let mut full = String::new();
+            format(Instant { secs, nanos }, &mut full);
+            // `YYYY-MM-DDTHH:MM:SS.fffffffffZ` → cut or extend the fraction, change separator and zone.
+            let mut frac = full[20..29].to_owned();
+            while frac.len() < digits { frac.push('7'); }
+            frac.truncate(digits);
+            let sep = ["T", "t", " "][sep];
+            let zone = ["Z", "z", "+00:00", "-00:00"][zone];
+            let dot = if digits > 0 { "." } else { "" };
+            let ts = format!("{}{sep}{}{dot}{frac}{zone}", &full[..10], &full[11..19]);
+            let p = parse(ts.as_bytes()).unwrap();
+            let mut want = String::new();
+            format(p.instant, &mut want);
+            let got = normalize(ts.as_bytes()).unwrap();
+            if p.canonical {
+                prop_assert_eq!(&*got, ts.as_str());
+            } else {
+                prop_assert_eq!(got.into_owned(), want);
+            }
         }
     }
 }

@@ -78,12 +78,67 @@ impl Running {
         }
     }
 
+    /// Waits until the pipeline completed `n` more discovery scans (a clock that runs with the
+    /// pipeline, not beside it; panics after 30 s).
+    pub fn wait_scans(&self, n: u64) {
+        let target = self.metrics.scans.get() + n;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.metrics.scans.get() < target {
+            assert!(Instant::now() < deadline, "the pipeline did not scan {n} times within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `n` records arrived (panics after `secs`), lets the pipeline run two more scans
+    /// (anything unexpected — a duplicate, a late record — has time to show), then stops it.
+    pub fn finish(self, n: usize, secs: u64) -> (Vec<Collected>, Metrics) {
+        self.wait_for(n, secs);
+        self.wait_scans(2);
+        self.stop()
+    }
+
+    /// Waits until `cond` holds for the pipeline's metrics (panics naming `what` after `secs`).
+    pub fn wait_until(&self, what: &str, secs: u64, cond: impl Fn(&Metrics) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !cond(&self.metrics) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {secs} s waiting for {what} ({} records)",
+                self.count()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until the pipeline started two more full scans than now: the scan before the second
+    /// was followed by a read of every known file. A positive signal that what could be read was
+    /// read, to assert on before "nothing (more) was sent" — never a fixed sleep.
+    pub fn settle(&self) {
+        let scans = self.metrics.scans.get();
+        self.wait_until("two more scans", 60, |m| m.scans.get() >= scans + 2);
+    }
+
     pub fn stop(self) -> (Vec<Collected>, Metrics) {
         self.stopper.stop();
         self.handle.join().unwrap();
         let r = self.received.lock().unwrap().clone();
         (r, self.metrics)
     }
+}
+
+/// Starts the pipeline with a [`CollectSink`] whose acknowledgements are held until the returned
+/// flag is cleared.
+pub fn start_held(cfg: &ShipperConfig, mode: AckMode) -> (Running, Arc<std::sync::atomic::AtomicBool>) {
+    let (acker, events) = pipeline::channel();
+    let sink = CollectSink::new(acker, mode);
+    sink.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    let hold = sink.hold.clone();
+    let received = sink.received.clone();
+    let metrics = Metrics::default();
+    let p = Pipeline::new(cfg, sink, events, metrics.clone()).unwrap();
+    let stopper = p.stopper();
+    let handle = std::thread::spawn(move || p.run().unwrap());
+    (Running { handle, stopper, received, metrics }, hold)
 }
 
 /// A delivered record, decoded.
