@@ -51,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
     for line in input.split(|c| *c == b'\n') {
         if line.first() == Some(&1) {
             now += Duration::from_secs(1);
-            joiner.flush_expired(now, &mut budget, &mut |m| collect(m, &mut got, &mut starts));
+            joiner.flush_expired(now, &mut budget, &mut |m, _reason| collect(m, &mut got, &mut starts));
             continue;
         }
         let (stream, content) = match line.strip_prefix(b"E") {
@@ -69,11 +69,11 @@ fuzz_target!(|data: &[u8]| {
             tags: Tags::default(),
             flushed: None,
         };
-        joiner.push(msg, now, &mut budget, &mut |m| collect(m, &mut got, &mut starts));
+        joiner.push(msg, now, &mut budget, &mut |m, _reason| collect(m, &mut got, &mut starts));
         assert!(budget.used <= limit, "{} held with a budget of {limit}", budget.used);
         offset = end;
     }
-    joiner.flush_all(&mut budget, &mut |m| collect(m, &mut got, &mut starts));
+    joiner.flush_all(&mut budget, &mut |m, _reason| collect(m, &mut got, &mut starts));
     assert_eq!(budget.used, 0);
     assert_eq!(joiner.min_pending_start(), None);
     for s in 0..2 {
