@@ -276,7 +276,7 @@ pub fn run(opts: &LoadgenOptions, stop: &AtomicBool) -> Result<Summary, LoadgenE
             let format = match opts.format {
                 FormatChoice::Cri => LogFormat::Cri,
                 FormatChoice::Docker => LogFormat::Docker,
-                FormatChoice::Mixed if (p * opts.containers + c) % 2 == 0 => LogFormat::Cri,
+                FormatChoice::Mixed if (p * opts.containers + c).is_multiple_of(2) => LogFormat::Cri,
                 FormatChoice::Mixed => LogFormat::Docker,
             };
             let dir = opts.root.join(format!("{ns}_{pod}_{uid}")).join(&container);

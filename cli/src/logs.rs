@@ -177,10 +177,10 @@ impl LogsOptions {
             (Some(d), _) => Some(Utc::now() - TimeDelta::from_std(d).map_err(|e| LogsError::Flags(e.to_string()))?),
             (None, t) => t,
         };
-        if let (Some(a), Some(b)) = (since, self.until) {
-            if a >= b {
-                return Err(LogsError::Flags("--until must be after --since/--since-time".into()));
-            }
+        if let (Some(a), Some(b)) = (since, self.until)
+            && a >= b
+        {
+            return Err(LogsError::Flags("--until must be after --since/--since-time".into()));
         }
         Ok(Selection {
             namespaces: self.namespaces.clone(),
@@ -267,10 +267,10 @@ struct Emitter<W: Write> {
 
 impl<W: Write> Emitter<W> {
     fn push(&mut self, ts: i64, hit: SortedHit) -> io::Result<Flow> {
-        if self.group.first().is_some_and(|(t, _)| *t != ts) || self.group.len() >= MAX_GROUP {
-            if let Flow::Stop = self.flush_group()? {
-                return Ok(Flow::Stop);
-            }
+        if (self.group.first().is_some_and(|(t, _)| *t != ts) || self.group.len() >= MAX_GROUP)
+            && let Flow::Stop = self.flush_group()?
+        {
+            return Ok(Flow::Stop);
         }
         self.group.push((ts, hit));
         Ok(Flow::Go)

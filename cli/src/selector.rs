@@ -174,10 +174,10 @@ fn split_set_operator(part: &str) -> Option<(&str, (&'static str, &str))> {
     let key = words.next()?;
     let rest = words.next()?.trim_start();
     for op in ["notin", "in"] {
-        if let Some(values) = rest.strip_prefix(op) {
-            if values.trim_start().starts_with('(') {
-                return Some((key, (op, values)));
-            }
+        if let Some(values) = rest.strip_prefix(op)
+            && values.trim_start().starts_with('(')
+        {
+            return Some((key, (op, values)));
         }
     }
     None

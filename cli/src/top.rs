@@ -394,11 +394,9 @@ pub async fn run(opts: &TopOptions, out: &mut impl Write) -> Result<(), TopError
     let reader = if opts.kafka { Some(std::sync::Arc::new(LagReader::new(&opts.kafka_args)?)) } else { None };
     let once = opts.once || !io::stdout().is_terminal();
     let mut previous: Option<LagSample> = None;
-    if once {
-        if let Some(r) = &reader {
-            previous = Some(lag_sample(r).await?);
-            tokio::time::sleep(opts.interval).await;
-        }
+    if once && let Some(r) = &reader {
+        previous = Some(lag_sample(r).await?);
+        tokio::time::sleep(opts.interval).await;
     }
     loop {
         let started = Instant::now();

@@ -571,12 +571,12 @@ async fn wait_for_client(client: &Elasticsearch, url: &str, timeout: Duration) -
     let deadline = Instant::now() + timeout;
     loop {
         let health = get_json(client, "/_cluster/health").await;
-        if let Some(status) = health.as_ref().and_then(|h| h["status"].as_str()) {
-            if status == "green" || status == "yellow" {
-                let nodes = get_json(client, "/_nodes/_local/settings").await.unwrap_or_default();
-                let is_opensearch = nodes.to_string().contains("opensearch");
-                return if is_opensearch { Flavor::OpenSearch } else { Flavor::Elasticsearch };
-            }
+        if let Some(status) = health.as_ref().and_then(|h| h["status"].as_str())
+            && (status == "green" || status == "yellow")
+        {
+            let nodes = get_json(client, "/_nodes/_local/settings").await.unwrap_or_default();
+            let is_opensearch = nodes.to_string().contains("opensearch");
+            return if is_opensearch { Flavor::OpenSearch } else { Flavor::Elasticsearch };
         }
         if Instant::now() > deadline {
             panic!("search engine at {url} is not healthy: {health:?}\n{HOW_TO_START}");

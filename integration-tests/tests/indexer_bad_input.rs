@@ -72,6 +72,8 @@ async fn letters_by_key(
     out
 }
 
+/// One bad record: (key, payload, headers, expected error type; `None`: any parsing error).
+type Case<'a> = (&'a str, Vec<u8>, Vec<(&'a str, Option<&'a [u8]>)>, Option<&'a str>);
 #[tokio::test]
 async fn non_json_payloads_and_corrupt_headers_are_dead_lettered_with_their_reason() {
     let kafka = kafka().await;
@@ -88,7 +90,7 @@ async fn non_json_payloads_and_corrupt_headers_are_dead_lettered_with_their_reas
     let deep_array = format!("{{\"message\":{}1{}}}", "[".repeat(5000), "]".repeat(5000));
     // (key, payload, headers, expected error type; `None`: any Elasticsearch parsing error)
     let long_id = "i".repeat(600);
-    let cases: Vec<(&str, Vec<u8>, Vec<(&str, Option<&[u8]>)>, Option<&str>)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         ("not-json", b"this is not JSON".to_vec(), contract("bad-nj", &ts), None),
         (
             "truncated-json",

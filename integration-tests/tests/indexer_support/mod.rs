@@ -187,7 +187,7 @@ fn a_binary_older_than_its_sources_is_refused() {
     at(&bin, 2_000);
     assert_eq!(newer_source(&bin, std::slice::from_ref(&src)), None, "fresh binary");
     at(&src.join("bulk/deliver.rs"), 3_000);
-    assert_eq!(newer_source(&bin, &[src.clone()]), Some(src.join("bulk/deliver.rs")), "stale binary");
+    assert_eq!(newer_source(&bin, std::slice::from_ref(&src)), Some(src.join("bulk/deliver.rs")), "stale binary");
 }
 
 /// Environment for an indexer of this test.

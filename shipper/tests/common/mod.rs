@@ -229,7 +229,7 @@ pub fn stream_for(seq: u64) -> sluice_common::schema::Stream {
 
 pub fn len_for(seq: u64) -> usize {
     // Mostly short lines, some longer than a fragment (P/F partials).
-    if seq % 11 == 0 { 700 } else { 60 + (seq % 90) as usize }
+    if seq.is_multiple_of(11) { 700 } else { 60 + (seq % 90) as usize }
 }
 
 pub fn path_str(p: &Path) -> String {
