@@ -194,8 +194,16 @@ async fn run_pipeline(
     // Dispatcher: one task per batch, started when the concurrency limiter has a slot.
     let mut tasks = JoinSet::new();
     let mut died: Option<String> = None;
+    let mut withdrawn = false;
     loop {
         let dispatched = tokio::select! {
+            // Readiness is withdrawn when the drain starts, not when it ends: Kubernetes stops
+            // routing to a pod that is shutting down while its in-flight records still settle.
+            _ = stop.cancelled(), if !withdrawn => {
+                withdrawn = true;
+                health.set_not_ready("shutting down");
+                continue;
+            }
             d = rx.recv() => d,
             _ = consumer_done.cancelled() => None,
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
