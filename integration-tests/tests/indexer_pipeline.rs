@@ -242,8 +242,7 @@ async fn sigkill_of_one_replica_loses_and_duplicates_nothing() {
     // committed, and Elasticsearch answered 409 for those (without re-delivery, the exact count
     // above would only prove `_id` uniqueness).
     let metrics = a.metrics();
-    let (indexed_by_a, duplicates) = (metric_sum(&metrics, INDEXED), metric_sum(&metrics, DUPLICATE));
+    let duplicates = metric_sum(&metrics, DUPLICATE);
     assert!(duplicates > 0.0, "no re-delivery after the kill (b had indexed {indexed_by_b}):\n{metrics}");
-    assert!(indexed_by_a + indexed_by_b >= total as f64, "a {indexed_by_a} + b {indexed_by_b} < {total}");
     assert!(a.terminate(Duration::from_secs(30)).success(), "{}", a.log_tail());
 }
