@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
     let mut sent: [Vec<Vec<u8>>; 2] = [Vec::new(), Vec::new()];
     let mut got: [Vec<Vec<u8>>; 2] = [Vec::new(), Vec::new()];
     let mut starts: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
-    let mut collect = |m: Message<'_>, got: &mut [Vec<Vec<u8>>; 2], starts: &mut [Vec<u64>; 2]| {
+    let collect = |m: Message<'_>, got: &mut [Vec<Vec<u8>>; 2], starts: &mut [Vec<u64>; 2]| {
         let s = usize::from(m.stream == Stream::Stderr);
         if let Some(last) = starts[s].last() {
             assert!(m.start > *last, "records of a stream out of order");
