@@ -4,10 +4,20 @@
 
 use std::time::{Duration, Instant};
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use clap::Args;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
+use sluice_common::config::Problems;
+use sluice_common::kafka::{
+    KafkaSasl, KafkaSecurity, KafkaTls, SECURITY_PROPERTIES, SaslMechanism, SecurityProtocol, SecurityWatch,
+    WatchContext,
+};
+use sluice_common::secret::Secret;
 
 /// Errors reading the lag.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +34,18 @@ pub enum LagError {
         what: String,
         /// The cause (boxed: librdkafka's error is large).
         source: Box<rdkafka::error::KafkaError>,
+    },
+    /// The security flags are incomplete or refused.
+    #[error("{0}")]
+    Security(String),
+    /// The brokers refused for a security reason (TLS, SASL, ACL): the message every Sluice Kafka
+    /// client gives for it, naming the cause and what to check.
+    #[error("Kafka at {brokers}: {message}")]
+    Refused {
+        /// Bootstrap servers.
+        brokers: String,
+        /// The cause and what to check.
+        message: String,
     },
     /// The topic does not exist.
     #[error("Kafka at {brokers}: topic `{topic}` does not exist (set --topic to the indexer's kafka.topic)")]
@@ -47,12 +69,90 @@ pub struct KafkaArgs {
     /// The indexer's consumer group (`kafka.group_id`).
     #[arg(long, env = "SLUICE_KAFKA__GROUP_ID", default_value = "sluice-indexer")]
     pub group: String,
-    /// Extra librdkafka property, `key=value` (repeatable; e.g. security.protocol, sasl.*).
+    /// Extra librdkafka property, `key=value` (repeatable; not the security ones: those are the
+    /// `--kafka-security-*` flags, as in every other Sluice client).
     #[arg(long = "kafka-property", value_name = "KEY=VALUE")]
     pub properties: Vec<String>,
+    /// TLS and SASL, the same settings and environment variables as the indexer's `kafka.security.*`.
+    #[command(flatten)]
+    pub security: KafkaSecurityArgs,
     /// Timeout of each Kafka request.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub kafka_timeout: Duration,
+}
+
+/// `--kafka-security-*`: the indexer's `kafka.security.*` keys as flags and environment variables, so
+/// an operator with the indexer's environment (or its mounted secrets) reads the lag as it does.
+#[derive(Debug, Clone, Default, Args)]
+pub struct KafkaSecurityArgs {
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl` (`kafka.security.protocol`).
+    #[arg(long = "kafka-security-protocol", env = "SLUICE_KAFKA__SECURITY__PROTOCOL", value_parser = protocol)]
+    pub protocol: Option<SecurityProtocol>,
+    /// PEM CA certificate(s) of the brokers (`kafka.security.tls.ca_file`).
+    #[arg(long = "kafka-ca-file", env = "SLUICE_KAFKA__SECURITY__TLS__CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (`kafka.security.tls.cert_file`).
+    #[arg(long = "kafka-cert-file", env = "SLUICE_KAFKA__SECURITY__TLS__CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate (`kafka.security.tls.key_file`).
+    #[arg(long = "kafka-key-file", env = "SLUICE_KAFKA__SECURITY__TLS__KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Do not verify the brokers' certificates — tests only, warns (`kafka.security.tls.verify: false`).
+    #[arg(long = "kafka-tls-insecure")]
+    pub insecure: bool,
+    /// `plain`, `scram-sha-256` or `scram-sha-512` (`kafka.security.sasl.mechanism`).
+    #[arg(long = "kafka-sasl-mechanism", env = "SLUICE_KAFKA__SECURITY__SASL__MECHANISM", value_parser = mechanism)]
+    pub mechanism: Option<SaslMechanism>,
+    /// SASL user (`kafka.security.sasl.username`).
+    #[arg(long = "kafka-sasl-username", env = "SLUICE_KAFKA__SECURITY__SASL__USERNAME")]
+    pub username: Option<String>,
+    /// SASL password (`kafka.security.sasl.password`); prefer the variable or the file.
+    #[arg(long = "kafka-sasl-password", env = "SLUICE_KAFKA__SECURITY__SASL__PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// File holding the SASL password (`kafka.security.sasl.password_file`).
+    #[arg(long = "kafka-sasl-password-file", env = "SLUICE_KAFKA__SECURITY__SASL__PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+fn protocol(s: &str) -> Result<SecurityProtocol, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("`{s}`: expected plaintext, ssl, sasl_plaintext or sasl_ssl"))
+}
+
+fn mechanism(s: &str) -> Result<SaslMechanism, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("`{s}`: expected plain, scram-sha-256 or scram-sha-512"))
+}
+
+impl KafkaSecurityArgs {
+    /// The common `kafka.security.*` settings these flags stand for, checked like the indexer's.
+    pub fn settings(&self) -> Result<KafkaSecurity, LagError> {
+        let s = KafkaSecurity {
+            protocol: self.protocol.unwrap_or_default(),
+            tls: KafkaTls {
+                ca_file: self.ca_file.clone(),
+                cert_file: self.cert_file.clone(),
+                key_file: self.key_file.clone(),
+                verify: !self.insecure,
+                ..KafkaTls::default()
+            },
+            sasl: KafkaSasl {
+                mechanism: self.mechanism,
+                username: self.username.clone().unwrap_or_default(),
+                password: Secret::new(self.password.clone().unwrap_or_default()),
+                password_file: self.password_file.clone(),
+                ..KafkaSasl::default()
+            },
+        };
+        let mut problems = Problems::default();
+        problems.section("kafka.security", &s);
+        let problems = problems.into_vec();
+        if problems.is_empty() {
+            return Ok(s);
+        }
+        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        Err(LagError::Security(format!("Kafka security flags: {}", list.join("; "))))
+    }
 }
 
 /// One partition's offsets.
@@ -88,8 +188,10 @@ pub struct LagSample {
 
 /// Reads lag samples for one group and topic.
 pub struct LagReader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<WatchContext>,
     args: KafkaArgs,
+    /// Security failures librdkafka reported (logged or returned), as one clear message.
+    watch: Arc<SecurityWatch>,
 }
 
 impl LagReader {
@@ -103,28 +205,57 @@ impl LagReader {
             .set("enable.auto.offset.store", "false");
         for p in &args.properties {
             let (k, v) = p.split_once('=').ok_or_else(|| LagError::Property(p.clone()))?;
+            if SECURITY_PROPERTIES.contains(&k.trim()) {
+                return Err(LagError::Security(format!(
+                    "--kafka-property `{}` refused: use the --kafka-security-* flags (or SLUICE_KAFKA__SECURITY__* variables)",
+                    k.trim()
+                )));
+            }
             config.set(k.trim(), v.trim());
         }
-        let consumer = config.create().map_err(|source| LagError::Kafka {
+        let security = args.security.settings()?;
+        for warning in security.warnings() {
+            eprintln!("warning: {warning}");
+        }
+        security.apply(&mut config).map_err(|e| LagError::Security(format!("kafka security flags: {e}")))?;
+        let watch = Arc::new(SecurityWatch::new("sluice top --kafka", &security));
+        let consumer = config.create_with_context(WatchContext(watch.clone())).map_err(|source| LagError::Kafka {
             brokers: args.brokers.clone(),
             what: "creating the client".into(),
             source: Box::new(source),
         })?;
-        Ok(LagReader { consumer, args: args.clone() })
+        Ok(LagReader { consumer, args: args.clone(), watch })
     }
 
     /// One sample (blocking: call from a blocking thread).
     pub fn sample(&self) -> Result<LagSample, LagError> {
         let (brokers, topic, timeout) = (&self.args.brokers, &self.args.topic, self.args.kafka_timeout);
-        let err = |what: &str, source| LagError::Kafka {
-            brokers: brokers.clone(),
-            what: what.into(),
-            source: Box::new(source),
+        let err = |what: &str, source: KafkaError| {
+            // A failed handshake or login shows up as a timeout here; librdkafka logged its cause
+            // (the watch saw it). An ACL refusal comes back as the error itself.
+            let security = self
+                .watch
+                .failure()
+                .or_else(|| self.watch.observe_error(&source, "").then(|| self.watch.failure()).flatten());
+            match security {
+                Some(message) => LagError::Refused { brokers: brokers.clone(), message: format!("{what}: {message}") },
+                None => LagError::Kafka { brokers: brokers.clone(), what: what.into(), source: Box::new(source) },
+            }
         };
         let metadata = self.consumer.fetch_metadata(Some(topic), timeout).map_err(|e| err("reading metadata", e))?;
+        self.watch.connected();
         let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
             return Err(LagError::NoTopic { brokers: brokers.clone(), topic: topic.clone() });
         };
+        if let Some(code) = t.error().map(RDKafkaErrorCode::from)
+            && self.watch.observe(Some(code), &format!("{code} (topic `{topic}`)"))
+        {
+            let message = self.watch.failure().unwrap_or_default();
+            return Err(LagError::Refused {
+                brokers: brokers.clone(),
+                message: format!("reading metadata: {message}"),
+            });
+        }
         if t.partitions().is_empty() {
             return Err(LagError::NoTopic { brokers: brokers.clone(), topic: topic.clone() });
         }
@@ -260,5 +391,67 @@ mod tests {
         assert_eq!((g.direction, g.drain_seconds), (Direction::Growing, None));
         let s = trend(&a, &a, 1.0);
         assert_eq!((s.direction, s.drain_seconds), (Direction::Steady, None));
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    }
+
+    fn parse(args: &[&str]) -> KafkaArgs {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("top").chain(args.iter().copied())).expect("flags parse").kafka
+    }
+
+    #[test]
+    fn security_flags_are_the_indexers_kafka_security_settings() {
+        let args = parse(&[
+            "--kafka-security-protocol",
+            "SASL_SSL",
+            "--kafka-ca-file",
+            "/ca.crt",
+            "--kafka-sasl-mechanism",
+            "scram-sha-256",
+            "--kafka-sasl-username",
+            "viewer",
+            "--kafka-sasl-password",
+            "pw",
+        ]);
+        let s = args.security.settings().expect("complete settings");
+        assert_eq!(s.protocol, SecurityProtocol::SaslSsl);
+        assert_eq!(s.tls.ca_file.as_deref(), Some(std::path::Path::new("/ca.crt")));
+        assert!(s.tls.verify);
+        assert_eq!(s.sasl.mechanism, Some(SaslMechanism::ScramSha256));
+        assert_eq!((s.sasl.username.as_str(), s.sasl.password.expose()), ("viewer", "pw"));
+        let mut config = ClientConfig::new();
+        s.apply(&mut config).unwrap();
+        assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-256"));
+        assert_eq!(config.get("ssl.ca.location"), Some("/ca.crt"));
+        // Without flags: plaintext, as before.
+        assert_eq!(parse(&[]).security.settings().unwrap().protocol, SecurityProtocol::Plaintext);
+    }
+
+    #[test]
+    fn incomplete_or_bypassing_security_settings_are_refused_with_the_key() {
+        let err = parse(&["--kafka-security-protocol", "sasl_ssl"]).security.settings().unwrap_err().to_string();
+        assert!(err.contains("kafka.security.sasl.username"), "{err}");
+        assert!(err.contains("kafka.security.sasl.password"), "{err}");
+        let bad = Cli::try_parse_from_helper(&["--kafka-security-protocol", "tls"]);
+        assert!(bad.contains("expected plaintext, ssl, sasl_plaintext or sasl_ssl"), "{bad}");
+        let mut args = parse(&[]);
+        args.properties = vec!["sasl.password=x".into()];
+        let Err(err) = LagReader::new(&args) else {
+            panic!("a security property through --kafka-property was accepted")
+        };
+        assert!(err.to_string().contains("--kafka-property `sasl.password` refused"), "{err}");
+    }
+
+    impl Cli {
+        fn try_parse_from_helper(args: &[&str]) -> String {
+            use clap::Parser;
+            Cli::try_parse_from(std::iter::once("top").chain(args.iter().copied())).unwrap_err().to_string()
+        }
     }
 }

@@ -23,7 +23,10 @@ const ES_INDEXER_PW: &str = "esIndexerPW-91d2";
 const ES_SETUP_PW: &str = "esSetupPW-4e77a1";
 const ES_WEAK_PW: &str = "esWeakPW-0b5e8d";
 const WRONG_PW: &str = "wrongPW-6a6a6a";
-const SECRETS: &[&str] = &[SHIPPER_PW, INDEXER_PW, SETUP_PW, ES_INDEXER_PW, ES_SETUP_PW, ES_WEAK_PW, WRONG_PW];
+const VIEWER_PW: &str = "viewerPW-3d9e61";
+const ES_VIEWER_PW: &str = "esViewerPW-77c1f0";
+const SECRETS: &[&str] =
+    &[SHIPPER_PW, INDEXER_PW, SETUP_PW, ES_INDEXER_PW, ES_SETUP_PW, ES_WEAK_PW, WRONG_PW, VIEWER_PW, ES_VIEWER_PW];
 
 const ES_ROLES: &str = "\
 sluice_setup:
@@ -38,6 +41,11 @@ sluice_indexer_weak:
   indices:
     - names: ['sec-logs-*']
       privileges: [create_doc]
+sluice_viewer:
+  cluster: [monitor]
+  indices:
+    - names: ['sec-logs-*']
+      privileges: [read, view_index_metadata]
 ";
 
 /// A binary next to the test executable (`target/<profile>/`; `./dev test` builds them first).
@@ -221,7 +229,12 @@ fn grants(args: &[&[&str]]) -> Vec<Vec<String>> {
 async fn pipeline_with_least_privileges_and_clear_security_errors() {
     let started = Instant::now();
     let (kafka, search) = tokio::join!(
-        SecureKafka::start(&[("shipper", SHIPPER_PW), ("indexer", INDEXER_PW), ("setup", SETUP_PW)]),
+        SecureKafka::start(&[
+            ("shipper", SHIPPER_PW),
+            ("indexer", INDEXER_PW),
+            ("setup", SETUP_PW),
+            ("viewer", VIEWER_PW)
+        ]),
         search_secured("elastic-admin", "adminPW-123456"),
     );
     let (topic, dlq, group) = ("sec.logs", "sec.logs.dlq", "sec-indexer");
@@ -253,6 +266,7 @@ async fn pipeline_with_least_privileges_and_clear_security_errors() {
             ("setup", ES_SETUP_PW, "sluice_setup"),
             ("indexer", ES_INDEXER_PW, "sluice_indexer"),
             ("weak", ES_WEAK_PW, "sluice_indexer_weak"),
+            ("viewer", ES_VIEWER_PW, "sluice_viewer"),
         ],
     )
     .await;
@@ -441,6 +455,62 @@ async fn pipeline_with_least_privileges_and_clear_security_errors() {
     wait_for_docs(&search, 180, "after the password and CA were fixed", &[&shipper, &indexer]).await;
     outputs.add("sluice-shipper (fixed)", shipper.stop());
     outputs.add("sluice-indexer run", indexer.stop());
+
+    // --- the viewer (`sluice logs`, `sluice top --kafka`) over TLS with least-privilege users:
+    // Elasticsearch role sluice_viewer (read, view_index_metadata on sec-logs-*); Kafka user
+    // `viewer` with Describe on the topic and the indexer's group (lag without joining the group).
+    let mut view_env = kafka_env("viewer");
+    view_env.extend(
+        [
+            ("SLUICE_KAFKA__SECURITY__SASL__PASSWORD_FILE", secret_file("kafka-viewer", VIEWER_PW)),
+            ("SLUICE_KAFKA__GROUP_ID", group.to_owned()),
+            ("ELASTICSEARCH_URL", search.url.clone()),
+            ("SLUICE_ELASTICSEARCH__TLS__CA_FILE", es_ca.display().to_string()),
+            ("SLUICE_ELASTICSEARCH__AUTH__USERNAME", "viewer".to_owned()),
+            ("SLUICE_ELASTICSEARCH__AUTH__PASSWORD", ES_VIEWER_PW.to_owned()),
+            ("SLUICE_ELASTICSEARCH__INDEX", "sec-logs-%Y.%m.%d".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    let out = run("sluice", &["logs", "-A", "--since-time", "2026-12-02T00:00:00Z", "-o", "raw"], &view_env);
+    outputs.add("sluice logs (viewer)", text(&out));
+    assert!(out.status.success(), "sluice logs as viewer over TLS:\n{}", text(&out));
+    let shown: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+    let expected: Vec<String> = (0..180).map(|i| format!("secure line {i}")).collect();
+    assert_eq!(shown, expected, "sluice logs as viewer: every line once, in order");
+    let mut wrong_es = view_env.clone();
+    set(&mut wrong_es, "SLUICE_ELASTICSEARCH__AUTH__PASSWORD", WRONG_PW);
+    let out = run("sluice", &["logs", "-A", "--since-time", "2026-12-02T00:00:00Z"], &wrong_es);
+    outputs.add("sluice logs (wrong password)", text(&out));
+    assert!(!out.status.success() && text(&out).contains("refused the credentials"), "{}", text(&out));
+
+    let top =
+        ["top", "--once", "-o", "json", "--kafka", "--interval", "1s", "--kafka-timeout", "5s", "--since", "100000h"];
+    let topic_describe = grants(&[&["--allow-principal", "User:viewer", "--operation", "Describe", "--topic", topic]]);
+    kafka.acl(&topic_describe).await;
+    let out = run("sluice", &top, &view_env);
+    outputs.add("sluice top --kafka (no ACL on the group)", text(&out));
+    assert!(!out.status.success(), "lag read without Describe on the group:\n{}", text(&out));
+    assert!(text(&out).contains("Kafka refused an operation for user `viewer`"), "{}", text(&out));
+    kafka.acl(&grants(&[&["--allow-principal", "User:viewer", "--operation", "Describe", "--group", group]])).await;
+    let out = run("sluice", &top, &view_env);
+    outputs.add("sluice top --kafka (viewer)", text(&out));
+    assert!(out.status.success(), "sluice top --kafka as viewer:\n{}", text(&out));
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let lines: u64 = t["rows"].as_array().expect("rows").iter().map(|r| r["lines"].as_u64().unwrap()).sum();
+    assert_eq!(lines, 180, "{t}");
+    let partitions = t["kafka"]["lag"]["partitions"].as_array().expect("lag partitions");
+    assert_eq!(partitions.len(), 2, "{t}");
+    // The indexer stopped gracefully: everything it consumed was committed (nothing left over).
+    assert_eq!(t["kafka"]["lag"]["total"], 0, "{t}");
+    assert!(partitions.iter().all(|p| p["committed"].as_i64().is_some()), "{t}");
+    let mut wrong_kafka = view_env.clone();
+    set(&mut wrong_kafka, "SLUICE_KAFKA__SECURITY__SASL__PASSWORD_FILE", secret_file("viewer-wrong", WRONG_PW));
+    let out = run("sluice", &top, &wrong_kafka);
+    outputs.add("sluice top --kafka (wrong password)", text(&out));
+    assert!(!out.status.success());
+    assert!(text(&out).contains("Kafka authentication failed for user `viewer`"), "{}", text(&out));
 
     // --- secrets: --check-config (valid and invalid), with every secret set.
     for (binary, env) in
