@@ -8,14 +8,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 use sluice_common::config::Problems;
 use sluice_common::kafka::{
-    KafkaSasl, KafkaSecurity, KafkaTls, SECURITY_PROPERTIES, SaslMechanism, SecurityProtocol, SecurityWatch,
-    WatchContext,
+    KafkaSasl, KafkaSecurity, KafkaTls, SECURITY_PROPERTIES, SaslMechanism, SecurityCause, SecurityProtocol,
+    SecurityWatch, WatchContext, classify,
 };
 use sluice_common::secret::Secret;
 
@@ -186,9 +188,33 @@ pub struct LagSample {
     pub at: Option<Instant>,
 }
 
+/// The lag reader's client context: [`WatchContext`], and librdkafka's debug lines (`debug=cgrp`)
+/// that report an authorization refusal — the only place a missing group `Describe` ACL is named
+/// (the group's coordinator cannot be looked up, so OffsetFetch just times out). Other debug lines
+/// are dropped (the CLI keeps its output for the operator).
+pub struct LagContext(WatchContext);
+
+impl ClientContext for LagContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if matches!(level, RDKafkaLogLevel::Debug) {
+            if classify(None, message) == Some(SecurityCause::Authorization) {
+                self.0.0.observe(None, message);
+            }
+            return;
+        }
+        self.0.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.error(error, reason);
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
 /// Reads lag samples for one group and topic.
 pub struct LagReader {
-    consumer: BaseConsumer<WatchContext>,
+    consumer: BaseConsumer<LagContext>,
     args: KafkaArgs,
     /// Security failures librdkafka reported (logged or returned), as one clear message.
     watch: Arc<SecurityWatch>,
@@ -218,12 +244,16 @@ impl LagReader {
             eprintln!("warning: {warning}");
         }
         security.apply(&mut config).map_err(|e| LagError::Security(format!("kafka security flags: {e}")))?;
+        // The coordinator lookup's refusal (no Describe on the group) reaches OffsetFetch only as a
+        // timeout; librdkafka's consumer-group debug lines name it (see `LagContext`).
+        config.set("debug", "cgrp");
         let watch = Arc::new(SecurityWatch::new("sluice top --kafka", &security));
-        let consumer = config.create_with_context(WatchContext(watch.clone())).map_err(|source| LagError::Kafka {
-            brokers: args.brokers.clone(),
-            what: "creating the client".into(),
-            source: Box::new(source),
-        })?;
+        let consumer =
+            config.create_with_context(LagContext(WatchContext(watch.clone()))).map_err(|source| LagError::Kafka {
+                brokers: args.brokers.clone(),
+                what: "creating the client".into(),
+                source: Box::new(source),
+            })?;
         Ok(LagReader { consumer, args: args.clone(), watch })
     }
 
@@ -232,7 +262,9 @@ impl LagReader {
         let (brokers, topic, timeout) = (&self.args.brokers, &self.args.topic, self.args.kafka_timeout);
         let err = |what: &str, source: KafkaError| {
             // A failed handshake or login shows up as a timeout here; librdkafka logged its cause
-            // (the watch saw it). An ACL refusal comes back as the error itself.
+            // (the watch saw it) or queued it as an error event, served by a poll. An ACL refusal
+            // may also come back as the error itself.
+            let _ = self.consumer.poll(Duration::ZERO);
             let security = self
                 .watch
                 .failure()

@@ -130,6 +130,36 @@ pub struct LogicalFile {
     pub generations: Vec<GenFile>,
 }
 
+/// Why a path with a log file's name is not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Skipped {
+    /// A FIFO, a socket, a directory or a device: never opened (a FIFO would block the reader).
+    NotRegular,
+    /// A symlink whose target is missing or loops.
+    BrokenSymlink,
+}
+
+impl Skipped {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Skipped::NotRegular => "not_regular",
+            Skipped::BrokenSymlink => "broken_symlink",
+        }
+    }
+}
+
+/// One scan's result.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The live paths found, with their generations.
+    pub files: Vec<LogicalFile>,
+    /// Whether every listing succeeded (see [`Discovery::scan_checked`]).
+    pub complete: bool,
+    /// Paths named like log files that are not read, and why.
+    pub skipped: Vec<(PathBuf, Skipped)>,
+}
+
 /// Why discovery could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoverError {
@@ -188,10 +218,17 @@ impl Discovery {
     /// listed (the root missing or unreadable, a permission or I/O error) is no proof that the
     /// files in it are gone. A directory its parent listed that is gone when read is proof.
     pub fn scan_checked(&self) -> (Vec<LogicalFile>, bool) {
+        let l = self.list();
+        (l.files, l.complete)
+    }
+
+    /// [`Discovery::scan_checked`], and the paths named like log files that are not read.
+    pub fn list(&self) -> Listing {
         let mut groups: BTreeMap<PathBuf, Vec<GenFile>> = BTreeMap::new();
+        let mut skipped = Vec::new();
         let root = fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
         let mut complete = fs::read_dir(&root).is_ok();
-        complete &= walk(&root, 0, &mut groups);
+        complete &= walk(&root, 0, &mut groups, &mut skipped);
         // Live files that are symlinks (cri-dockerd: into /var/lib/docker/containers): their targets
         // are read under the pod path, never a second time through `symlink_dirs`.
         let linked: HashSet<PathBuf> = groups
@@ -220,7 +257,7 @@ impl Discovery {
                 if let Some(parent) = target.parent()
                     && seen_dirs.insert(parent.to_owned())
                 {
-                    scan_dir(parent, &mut groups);
+                    scan_dir(parent, &mut groups, &mut skipped);
                 }
                 groups.entry(target).or_default();
             }
@@ -233,12 +270,17 @@ impl Discovery {
                 LogicalFile { live, generations }
             })
             .collect();
-        (files, complete)
+        Listing { files, complete, skipped }
     }
 }
 
 /// Returns `false` when a directory could not be listed (other than gone since its parent listed it).
-fn walk(dir: &Path, depth: usize, groups: &mut BTreeMap<PathBuf, Vec<GenFile>>) -> bool {
+fn walk(
+    dir: &Path,
+    depth: usize,
+    groups: &mut BTreeMap<PathBuf, Vec<GenFile>>,
+    skipped: &mut Vec<(PathBuf, Skipped)>,
+) -> bool {
     if depth > MAX_DEPTH {
         return true;
     }
@@ -255,19 +297,22 @@ fn walk(dir: &Path, depth: usize, groups: &mut BTreeMap<PathBuf, Vec<GenFile>>) 
         };
         let Ok(ft) = entry.file_type() else { continue };
         if ft.is_dir() {
-            complete &= walk(&entry.path(), depth + 1, groups);
-        } else if ft.is_file() || ft.is_symlink() {
-            has_files = true;
+            // A directory named like a log file is counted as skipped by the directory's scan.
+            has_files |= entry.file_name().to_str().and_then(classify).is_some();
+            complete &= walk(&entry.path(), depth + 1, groups, skipped);
+        } else {
+            has_files = true; // regular files, symlinks, and what must be counted as skipped
         }
     }
     if has_files {
-        scan_dir(dir, groups);
+        scan_dir(dir, groups, skipped);
     }
     complete
 }
 
-/// Adds the generations of every log file in one directory.
-pub fn scan_dir(dir: &Path, groups: &mut BTreeMap<PathBuf, Vec<GenFile>>) {
+/// Adds the generations of every log file in one directory; paths named like log files that are
+/// not regular files (or symlinks to one) go to `skipped`.
+pub fn scan_dir(dir: &Path, groups: &mut BTreeMap<PathBuf, Vec<GenFile>>, skipped: &mut Vec<(PathBuf, Skipped)>) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
@@ -278,7 +323,10 @@ pub fn scan_dir(dir: &Path, groups: &mut BTreeMap<PathBuf, Vec<GenFile>>) {
             // cri-dockerd: `N.log` links to `<id>-json.log`. Followed when the target is a regular
             // file (a loop fails with ELOOP); its identity is the target's, its name the pod path;
             // docker's own rotations of the target (`<id>-json.log.N`) are its older generations.
-            let Ok(target) = fs::metadata(entry.path()) else { continue };
+            let Ok(target) = fs::metadata(entry.path()) else {
+                skipped.push((entry.path(), Skipped::BrokenSymlink));
+                continue;
+            };
             md = target;
             if md.is_file()
                 && let Ok(real) = fs::canonicalize(entry.path())
@@ -287,6 +335,7 @@ pub fn scan_dir(dir: &Path, groups: &mut BTreeMap<PathBuf, Vec<GenFile>>) {
             }
         }
         if !md.is_file() {
+            skipped.push((entry.path(), Skipped::NotRegular));
             continue;
         }
         groups.entry(dir.join(base)).or_default().push(GenFile {
@@ -337,7 +386,7 @@ fn docker_rotated(target: &Path) -> Vec<GenFile> {
 pub fn generations_of(live: &Path) -> io::Result<Vec<GenFile>> {
     let dir = live.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
     let mut groups = BTreeMap::new();
-    scan_dir(dir, &mut groups);
+    scan_dir(dir, &mut groups, &mut Vec::new());
     let mut gens = groups.remove(live).unwrap_or_default();
     gens.sort_by(|a, b| a.kind.order().cmp(&b.kind.order()));
     Ok(gens)

@@ -17,8 +17,11 @@
 //! - [`checkpoint`]: per-generation ack trackers (contiguous acknowledged prefix) and the atomic
 //!   checkpoint file.
 //! - [`sink`]: the sink trait with asynchronous, out-of-order acks; stdout, null and test sinks.
-//! - [`pipeline`]: the read loop: polling, rotation, copytruncate, deleted files, back-pressure,
-//!   checkpoint timing and GC.
+//! - [`pipeline`]: the read loop, one file per step: `scan` (inotify glue, listing, checkpoint GC),
+//!   `schedule` (round-robin turns, timeouts, eviction), `generation` (which generation next,
+//!   opening, identity, reopening), `read` (a source's poll, end of file), `emit` (records to the
+//!   sink, rate limit, cut journal), `rotate` (complete, truncated, closed, given up); the reader's
+//!   file lifecycle is one enum (`Life`: live → rotated → unlinked).
 //! - [`inspect`]: `sluice-shipper inspect`.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`testkit`]: a kubelet-like log writer for tests and load generation.

@@ -50,6 +50,9 @@ pub struct Metrics {
     pub copytruncate: Counter,
     /// Files given up before their end, by reason (`deleted_grace`, `max_open_files`, `vanished`).
     pub files_given_up: Family<Reason, Counter>,
+    /// Paths named like log files that are not read, by reason (`not_regular`: a FIFO, socket,
+    /// directory or device; `broken_symlink`): counted once per path while it stays.
+    pub paths_skipped: Family<Reason, Counter>,
     /// Bytes left unread in files given up.
     pub bytes_given_up: Counter,
     /// Read or open errors.
@@ -165,6 +168,11 @@ impl Metrics {
         );
         r.register("shipper_copytruncate", "Files truncated in place", m.copytruncate.clone());
         r.register("shipper_files_given_up", "Files given up before their end", m.files_given_up.clone());
+        r.register(
+            "shipper_log_paths_skipped",
+            "Paths named like log files that are not read (not a regular file, broken symlink), once per path",
+            m.paths_skipped.clone(),
+        );
         r.register("shipper_bytes_given_up", "Bytes left unread in files given up", m.bytes_given_up.clone());
         r.register("shipper_read_errors", "Read or open errors", m.read_errors.clone());
         r.register("shipper_scans", "Full discovery scans", m.scans.clone());

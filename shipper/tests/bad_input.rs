@@ -252,6 +252,10 @@ fn a_directory_fifo_socket_or_symlink_loop_at_a_log_path_is_skipped_without_bloc
         append(&good.join("0.log"), cri(&format!("good {i}")).as_bytes());
         run.wait_for(2 + i, 30);
     }
+    // Each path is counted (and logged) once, however many scans see it: the socket, the directory
+    // and the FIFO as not regular, the three looping links as broken.
+    let skipped = |reason| run.metrics.paths_skipped.get_or_create(&sluice_shipper::metrics::Reason { reason }).get();
+    assert_eq!((skipped("not_regular"), skipped("broken_symlink")), (3, 3));
     // The FIFO replaced by a regular file again: a new generation, read.
     fs::remove_file(fifo_dir.join("0.log")).unwrap();
     fs::write(fifo_dir.join("0.log"), cri("fifo 1")).unwrap();
