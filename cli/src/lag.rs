@@ -197,8 +197,10 @@ pub struct LagContext(WatchContext);
 impl ClientContext for LagContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         if matches!(level, RDKafkaLogLevel::Debug) {
-            if classify(None, message) == Some(SecurityCause::Authorization) {
-                self.0.0.observe(None, message);
+            // e.g. `FindCoordinator response error: GROUP_AUTHORIZATION_FAILED: …`
+            if message.contains("AUTHORIZATION_FAILED") || classify(None, message) == Some(SecurityCause::Authorization)
+            {
+                self.0.0.observe(Some(RDKafkaErrorCode::GroupAuthorizationFailed), message);
             }
             return;
         }
@@ -247,6 +249,9 @@ impl LagReader {
         // The coordinator lookup's refusal (no Describe on the group) reaches OffsetFetch only as a
         // timeout; librdkafka's consumer-group debug lines name it (see `LagContext`).
         config.set("debug", "cgrp");
+        // librdkafka's log level follows the `log` crate's, which the CLI does not set up (off):
+        // without this, none of the lines `LagContext` reads would be emitted.
+        config.set_log_level(RDKafkaLogLevel::Debug);
         let watch = Arc::new(SecurityWatch::new("sluice top --kafka", &security));
         let consumer =
             config.create_with_context(LagContext(WatchContext(watch.clone()))).map_err(|source| LagError::Kafka {
@@ -264,7 +269,14 @@ impl LagReader {
             // A failed handshake or login shows up as a timeout here; librdkafka logged its cause
             // (the watch saw it) or queued it as an error event, served by a poll. An ACL refusal
             // may also come back as the error itself.
-            let _ = self.consumer.poll(Duration::ZERO);
+            // librdkafka queues its log lines and errors (a refused coordinator lookup among them)
+            // for the next polls; each poll serves one event: serve what is queued.
+            let until = Instant::now() + Duration::from_millis(300);
+            while Instant::now() < until {
+                if let Some(Err(e)) = self.consumer.poll(Duration::from_millis(20)) {
+                    self.watch.observe_error(&e, "");
+                }
+            }
             let security = self
                 .watch
                 .failure()

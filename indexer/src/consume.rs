@@ -411,6 +411,10 @@ impl Shared {
         self.metrics.rebalance(if lost { "lost" } else { "revoke" });
         let started = Instant::now();
         self.flush();
+        let in_flight: usize = {
+            let tracker = self.tracker.lock().expect("tracker lock");
+            partitions.iter().map(|&p| tracker.in_flight(p)).sum()
+        };
         // During shutdown the drain already waited: share its deadline, never wait twice.
         let shutdown = *self.shutdown_deadline.lock().expect("deadline lock");
         let deadline = shutdown.map_or(started + self.revoke_timeout, |d| d.min(started + self.revoke_timeout));
@@ -438,6 +442,7 @@ impl Shared {
             lost,
             settled,
             abandoned,
+            drained = in_flight.saturating_sub(abandoned),
             took = ?started.elapsed(),
             "partitions revoked (in-flight records {}, settled prefix committed)",
             if settled { "settled" } else { "abandoned after kafka.revoke_timeout" }

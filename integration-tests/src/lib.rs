@@ -10,7 +10,8 @@
 //!   stop, restart or reconfigure the service.
 //! - [`search_secured`]: a private Elasticsearch with security on (HTTPS with a generated CA, a
 //!   file-realm user); [`search_cluster`]: private Elasticsearch nodes forming one cluster.
-//! - [`unique_name`]: topic, group and index names that never collide between tests or runs.
+//! - [`unique_name`]: topic, group and index names that never collide between tests or runs;
+//!   [`sweep`] deletes what earlier, finished test processes left on a long-lived stack.
 //!
 //! Containers use host networking (no bridge network is allowed here), so every container gets
 //! its own free 127.0.0.1 ports. When neither Docker nor the variables are available, the harness
@@ -34,6 +35,7 @@ use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 pub mod helm;
 pub mod kube;
 pub mod secure;
+pub mod sweep;
 
 /// Environment variable naming a running Kafka (`host:port[,host:port]`).
 pub const KAFKA_ENV: &str = "KAFKA_BOOTSTRAP_SERVERS";
@@ -178,6 +180,7 @@ pub async fn kafka() -> Kafka {
     match std::env::var(KAFKA_ENV) {
         Ok(bootstrap) if !bootstrap.is_empty() => {
             wait_for_kafka(&bootstrap, Duration::from_secs(30)).await;
+            sweep::kafka(&bootstrap).await;
             Kafka { bootstrap, container: None }
         }
         _ => kafka_dedicated().await,
@@ -424,6 +427,7 @@ pub async fn elasticsearch() -> Search {
         Ok(url) if !url.is_empty() => {
             let url = url.trim_end_matches('/').to_owned();
             let flavor = wait_for_search(&url, Duration::from_secs(60)).await;
+            sweep::search(&url).await;
             Search { url, flavor, credentials: None, ca_pem: None, container: None }
         }
         _ => search_dedicated(Flavor::Elasticsearch, &[]).await,
