@@ -409,12 +409,16 @@ mod tests {
         let started = Instant::now();
         gate.wait_open().await;
         assert!(started.elapsed() >= Duration::from_millis(190));
+        // Unblocking wakes a waiter at once: with a probe interval of a minute, only the unblock
+        // can end its wait within the (load-tolerant) 10 s bound.
+        let gate = Arc::new(WriteGate::new(Duration::from_secs(60)));
+        assert!(gate.block());
         let waiter = {
             let gate = gate.clone();
             tokio::spawn(async move { gate.wait_open().await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(gate.unblock());
-        tokio::time::timeout(Duration::from_millis(100), waiter).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), waiter).await.unwrap().unwrap();
     }
 }

@@ -787,8 +787,8 @@ mod tests {
         .await;
         let base = sink(&url);
         let retry = RetryConfig {
-            initial_backoff: Duration::from_millis(400),
-            max_backoff: Duration::from_millis(400),
+            initial_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(2),
             ..RetryConfig::default()
         };
         let sink = Arc::new(Sink::new(
@@ -808,7 +808,14 @@ mod tests {
             let sink = sink.clone();
             tokio::spawn(async move { deliver(&sink, batch).await })
         };
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Sampled once the reply was applied (the retry is counted, the backoff begins), not after
+        // a fixed sleep: on a loaded machine the reply may take longer than any sleep.
+        let retried = |reason: &str| sink.metrics.retried.get_or_create(&vec![("reason", reason.to_owned())]).get();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while retried(kind) + retried("blocked") == 0 {
+            assert!(std::time::Instant::now() < deadline, "the reply was never applied");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let in_use = sink.limiter.in_use();
         task.await.unwrap();
         assert_eq!(sink.tracker.lock().unwrap().commit_points(None), vec![(0, 1)]);
