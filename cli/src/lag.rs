@@ -450,11 +450,15 @@ mod tests {
 
     #[test]
     fn security_flags_are_the_indexers_kafka_security_settings() {
+        // Validation reads the files it is given, like the indexer's.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
         let args = parse(&[
             "--kafka-security-protocol",
             "SASL_SSL",
             "--kafka-ca-file",
-            "/ca.crt",
+            ca.to_str().unwrap(),
             "--kafka-sasl-mechanism",
             "scram-sha-256",
             "--kafka-sasl-username",
@@ -464,7 +468,7 @@ mod tests {
         ]);
         let s = args.security.settings().expect("complete settings");
         assert_eq!(s.protocol, SecurityProtocol::SaslSsl);
-        assert_eq!(s.tls.ca_file.as_deref(), Some(std::path::Path::new("/ca.crt")));
+        assert_eq!(s.tls.ca_file.as_deref(), Some(ca.as_path()));
         assert!(s.tls.verify);
         assert_eq!(s.sasl.mechanism, Some(SaslMechanism::ScramSha256));
         assert_eq!((s.sasl.username.as_str(), s.sasl.password.expose()), ("viewer", "pw"));
@@ -472,7 +476,7 @@ mod tests {
         s.apply(&mut config).unwrap();
         assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
         assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-256"));
-        assert_eq!(config.get("ssl.ca.location"), Some("/ca.crt"));
+        assert_eq!(config.get("ssl.ca.location"), ca.to_str());
         // Without flags: plaintext, as before.
         assert_eq!(parse(&[]).security.settings().unwrap().protocol, SecurityProtocol::Plaintext);
     }
