@@ -60,8 +60,17 @@ fn install_crds(chart: &Chart) {
 
 /// The rendered config file of ConfigMap `name`, key `key`, checked with `<binary> --check-config`.
 fn check_config(docs: &[Value], name: &str, key: &str, binary: &str, env: &[(&str, &str)]) {
-    let text = find(docs, "ConfigMap", name)["data"][key].as_str().expect("config text").to_owned();
+    let rendered = find(docs, "ConfigMap", name)["data"][key].as_str().expect("config text").to_owned();
     let dir = tempfile::tempdir().expect("temp dir");
+    // The files the pod mounts from Secrets (`/etc/sluice/…`: CA, client certificate) exist in the
+    // pod only; `--check-config` reads them, so they are stood in for under the temp dir.
+    let mounts = dir.path().join("mounts");
+    let text = rendered.replace("/etc/sluice/", &format!("{}/", mounts.display()));
+    for word in text.split_whitespace().filter(|w| w.starts_with(mounts.to_str().unwrap())) {
+        let path = Path::new(word.trim_matches(|c| c == '"' || c == ','));
+        std::fs::create_dir_all(path.parent().unwrap()).expect("mount dir");
+        std::fs::write(path, "mounted from a Secret in the pod\n").expect("mount file");
+    }
     let file = dir.path().join(key);
     std::fs::write(&file, &text).expect("write config");
     let result = run(
@@ -73,7 +82,7 @@ fn check_config(docs: &[Value], name: &str, key: &str, binary: &str, env: &[(&st
     );
     assert!(
         result.success,
-        "{binary} --check-config refused the chart's {key}:\n{text}\n{}{}",
+        "{binary} --check-config refused the chart's {key}:\n{rendered}\n{}{}",
         result.stdout, result.stderr
     );
 }
@@ -129,7 +138,7 @@ async fn chart_lints_renders_and_every_values_combination_validates_server_side(
 
         // The rendered files are what the binaries accept (secrets arrive as environment).
         let sasl_env: &[(&str, &str)] = if name == "tls-sasl" {
-            &[("SLUICE_KAFKA__PROPERTIES__SASL.USERNAME", "sluice"), ("SLUICE_KAFKA__PROPERTIES__SASL.PASSWORD", "pw")]
+            &[("SLUICE_KAFKA__SECURITY__SASL__USERNAME", "sluice"), ("SLUICE_KAFKA__SECURITY__SASL__PASSWORD", "pw")]
         } else {
             &[]
         };
@@ -172,11 +181,16 @@ async fn chart_lints_renders_and_every_values_combination_validates_server_side(
             assert!(!rendered.contains("kind: Secret\n"), "the chart must not create Secrets");
             let env = container["env"].as_array().unwrap();
             let password =
-                env.iter().find(|e| e["name"] == "SLUICE_KAFKA__PROPERTIES__SASL.PASSWORD").expect("SASL env");
+                env.iter().find(|e| e["name"] == "SLUICE_KAFKA__SECURITY__SASL__PASSWORD").expect("SASL env");
             assert_eq!(password["valueFrom"]["secretKeyRef"]["name"], "sluice-kafka-user");
             let shipper_yaml = find(&docs, "ConfigMap", "sluice-shipper")["data"]["shipper.yaml"].as_str().unwrap();
-            assert!(shipper_yaml.contains("security.protocol: SASL_SSL"), "{shipper_yaml}");
-            assert!(shipper_yaml.contains("ssl.ca.location: /etc/sluice/kafka-ca/ca.crt"), "{shipper_yaml}");
+            let shipper_cfg: serde_json::Value = serde_yaml_ng::from_str(shipper_yaml).expect("shipper.yaml");
+            let security = &shipper_cfg["kafka"]["security"];
+            assert_eq!(security["protocol"], "sasl_ssl", "{shipper_yaml}");
+            assert_eq!(security["tls"]["ca_file"], "/etc/sluice/kafka-ca/ca.crt", "{shipper_yaml}");
+            assert_eq!(security["sasl"]["mechanism"], "scram-sha-512", "{shipper_yaml}");
+            // Security is configured in one place: nothing of it in the librdkafka properties.
+            assert!(!shipper_yaml.contains("security.protocol") && !shipper_yaml.contains("ssl."), "{shipper_yaml}");
             let so = find(&docs, "ScaledObject", "sluice-indexer");
             assert_eq!(so["spec"]["triggers"][0]["metadata"]["sasl"], "scram_sha512");
             // Namespace labels on: the extra ClusterRole on namespaces.

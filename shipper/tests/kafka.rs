@@ -187,11 +187,29 @@ async fn sigkill_mid_stream_three_times_loses_nothing() {
 /// Stops a dedicated broker for `down` while containers write and rotate; nothing may be lost and the
 /// shipper's memory must stay bounded meanwhile.
 async fn broker_outage(down: Duration, opts: WriterOptions, n: u64, rss_limit_kib: u64) {
+    broker_outage_with(down, opts, n, rss_limit_kib, None).await;
+}
+
+/// [`broker_outage`] with another `kafka.delivery_timeout` than the setup's 15 s; returns the
+/// shipper's `kafka_producer_rebuilds_total` at the end.
+async fn broker_outage_with(
+    down: Duration,
+    opts: WriterOptions,
+    n: u64,
+    rss_limit_kib: u64,
+    delivery_timeout: Option<&str>,
+) -> f64 {
     let kafka: Kafka = kafka_dedicated().await;
     let topic = unique_name("shipper-outage");
     kafka.create_topic(&topic, 2).await;
     let bootstrap = kafka.bootstrap.clone();
     let setup = Setup::new(&bootstrap, &topic, "limits:\n  inflight_bytes: 2MiB\n");
+    if let Some(t) = delivery_timeout {
+        let text = std::fs::read_to_string(&setup.config).unwrap();
+        assert!(text.contains("delivery_timeout: 15s"), "{text}");
+        std::fs::write(&setup.config, text.replace("delivery_timeout: 15s", &format!("delivery_timeout: {t}")))
+            .unwrap();
+    }
     let collector = Collector::start(&bootstrap, &topic);
     let (writers, expected) = write_in_background(&setup.root, 2, n, opts, Duration::from_millis(20));
     let total: u64 = expected.values().sum();
@@ -241,6 +259,7 @@ async fn broker_outage(down: Duration, opts: WriterOptions, n: u64, rss_limit_ki
     assert!(peak > 0 && peak <= rss_limit_kib, "peak RSS {peak} KiB while Kafka was down (limit {rss_limit_kib} KiB)");
     let retries = setup.metric("sluice_shipper_kafka_delivered_records_total");
     assert!(retries >= total as f64);
+    let rebuilds = setup.metric("sluice_shipper_kafka_producer_rebuilds_total");
     assert!(sigterm(&mut shipper.0).success());
     let msgs = collector.messages();
     let dups = verify(&records(&msgs), &expected);
@@ -248,12 +267,24 @@ async fn broker_outage(down: Duration, opts: WriterOptions, n: u64, rss_limit_ki
         "outage {down:?}: {in_kafka} records in Kafka before, {} after, {dups} re-sent, peak RSS {peak} KiB, {rotations_during} pods",
         msgs.len()
     );
+    rebuilds
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kafka_stopped_for_20s_mid_stream_loses_nothing_with_bounded_memory() {
     let opts = WriterOptions { max_size: 256 * 1024, max_files: 100, fragment: 256, compress: true };
     broker_outage(Duration::from_secs(20), opts, 12_000, 64 * 1024).await;
+}
+
+/// A producer that delivers nothing for twice `kafka.delivery_timeout` while records wait is
+/// rebuilt (seen stuck after a broker restart while a fresh client worked, fault-matrix row 2);
+/// here the broker is down for 20 s with a 4 s delivery timeout, so the watchdog fires while it is
+/// down, and what the old producers held is produced again: nothing lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_producer_that_delivers_nothing_is_rebuilt_and_loses_nothing() {
+    let opts = WriterOptions { max_size: 256 * 1024, max_files: 100, fragment: 256, compress: true };
+    let rebuilds = broker_outage_with(Duration::from_secs(20), opts, 8_000, 64 * 1024, Some("4s")).await;
+    assert!(rebuilds >= 1.0, "no producer rebuild after 20 s without a delivery (delivery_timeout 4 s)");
 }
 
 #[tokio::test(flavor = "multi_thread")]

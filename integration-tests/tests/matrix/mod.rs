@@ -170,7 +170,11 @@ metrics:
         let child = Command::new(binary("sluice-shipper"))
             .arg("--config")
             .arg(&self.shipper_config)
-            .env("RUST_LOG", "info,librdkafka=warn")
+            // SLUICE_FM_SHIPPER_RUST_LOG: more of the shipper's log when a row is investigated.
+            .env(
+                "RUST_LOG",
+                std::env::var("SLUICE_FM_SHIPPER_RUST_LOG").unwrap_or_else(|_| "info,librdkafka=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()

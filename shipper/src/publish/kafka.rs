@@ -8,7 +8,10 @@
 //!   purged by a producer rebuild, …) is copied out of the report and produced again with the same
 //!   id and headers after a short backoff — never skipped, never acknowledged. A fatal producer error
 //!   (idempotence state lost) rebuilds the producer; what the old one held comes back as failed
-//!   deliveries and is produced again.
+//!   deliveries and is produced again. So does a producer that delivered nothing for twice
+//!   `kafka.delivery_timeout` while records waited (a client seen stuck after a broker restart while
+//!   a fresh client of the same broker worked): the rebuild costs re-sends under the same ids at
+//!   worst, which the indexer absorbs as 409s.
 //! - Memory: the read path stops reading above `limits.inflight_bytes` of unacknowledged records;
 //!   librdkafka's own queue is capped just above that (`queue.buffering.max.kbytes`), and failed
 //!   records waiting for their retry count against the same limit (they are not acknowledged).
@@ -107,6 +110,10 @@ struct Shared {
     logged: Mutex<HashMap<String, Instant>>,
     /// Authentication, TLS and ACL failures: logged once, shown on `/readyz` (through [`Probe`]).
     security: SecurityWatch,
+    /// The last successful delivery, or the last (re)build of the producer.
+    progress: Mutex<Instant>,
+    /// The current producer, for [`Probe`]s made before a rebuild.
+    current: Mutex<Option<Arc<BaseProducer<Context>>>>,
 }
 
 impl Shared {
@@ -161,6 +168,7 @@ impl ProducerContext for Context {
             Ok(_) => {
                 shared.security.clear();
                 shared.metrics.delivered.inc();
+                *shared.progress.lock().expect("progress lock") = Instant::now();
                 let mut acks = shared.acks.lock().expect("acks lock");
                 acks.tokens.push(opaque.token);
                 let now = Instant::now();
@@ -236,6 +244,8 @@ struct Running {
 impl Running {
     fn start(config: &ClientConfig, shared: &Arc<Shared>) -> Result<Self, PublishError> {
         let producer: Arc<BaseProducer<Context>> = Arc::new(config.create_with_context(Context(shared.clone()))?);
+        *shared.current.lock().expect("current lock") = Some(producer.clone());
+        *shared.progress.lock().expect("progress lock") = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let poller = {
             let (producer, stop, shared) = (producer.clone(), stop.clone(), shared.clone());
@@ -266,10 +276,11 @@ impl Running {
     }
 }
 
-/// A cheap handle to ask the brokers for metadata (readiness, `--check-connectivity`).
+/// A cheap handle to ask the brokers for metadata (readiness, `--check-connectivity`), through the
+/// producer in use (it follows rebuilds).
 #[derive(Clone)]
 pub struct Probe {
-    producer: Arc<BaseProducer<Context>>,
+    shared: Arc<Shared>,
     topic: String,
 }
 
@@ -278,8 +289,9 @@ impl Probe {
     /// A security failure seen meanwhile (wrong password, untrusted certificate, missing ACL)
     /// is the error, with its cause.
     pub fn check(&self, timeout: Duration) -> Result<usize, String> {
-        let security = &self.producer.context().0.security;
-        let md = self.producer.client().fetch_metadata(Some(&self.topic), timeout);
+        let producer = self.shared.current.lock().expect("current lock").clone().ok_or("no producer")?;
+        let security = &self.shared.security;
+        let md = producer.client().fetch_metadata(Some(&self.topic), timeout);
         if let Ok(md) = &md
             && md.topics().first().is_some_and(|t| t.error().is_none())
         {
@@ -331,6 +343,8 @@ impl KafkaSink {
             metrics,
             queued: AtomicI64::new(0),
             logged: Mutex::default(),
+            progress: Mutex::new(Instant::now()),
+            current: Mutex::default(),
         });
         let running = Running::start(&client_config, &shared)?;
         Ok(KafkaSink {
@@ -348,7 +362,7 @@ impl KafkaSink {
 
     /// A metadata probe on the current producer.
     pub fn probe(&self) -> Probe {
-        Probe { producer: self.producer().clone(), topic: self.cfg.topic.clone() }
+        Probe { shared: self.shared.clone(), topic: self.cfg.topic.clone() }
     }
 
     fn producer(&self) -> &Arc<BaseProducer<Context>> {
@@ -465,10 +479,28 @@ impl KafkaSink {
         self.retries = waiting;
     }
 
-    /// Rebuilds the producer after a fatal error (idempotent producer state lost).
+    /// Rebuilds the producer after a fatal error (idempotent producer state lost), or when it
+    /// delivered nothing for twice `kafka.delivery_timeout` while records waited (stalled).
     fn check_fatal(&mut self) -> Result<(), SinkError> {
-        let Some((code, reason)) = self.producer().client().fatal_error() else { return Ok(()) };
-        tracing::error!(?code, %reason, "fatal Kafka producer error; rebuilding the producer and producing unacknowledged records again");
+        if let Some((code, reason)) = self.producer().client().fatal_error() {
+            tracing::error!(?code, %reason, "fatal Kafka producer error; rebuilding the producer and producing unacknowledged records again");
+            return self.rebuild();
+        }
+        let waiting = self.shared.queued.load(Ordering::Relaxed) > 0
+            || !self.retries.is_empty()
+            || !self.shared.failed.lock().expect("failed lock").is_empty();
+        let idle_for = self.shared.progress.lock().expect("progress lock").elapsed();
+        if waiting && idle_for >= self.cfg.delivery_timeout * 2 {
+            tracing::warn!(
+                ?idle_for,
+                "the Kafka producer delivered nothing while records waited; rebuilding it and producing unacknowledged records again"
+            );
+            return self.rebuild();
+        }
+        Ok(())
+    }
+
+    fn rebuild(&mut self) -> Result<(), SinkError> {
         self.shared.metrics.producer_rebuilds.inc();
         if let Some(old) = self.running.take() {
             old.shutdown();

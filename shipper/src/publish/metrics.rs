@@ -67,7 +67,11 @@ impl PublishMetrics {
             "Records sent to kafka.topic because the templated topic is missing",
             m.topic_fallbacks.clone(),
         );
-        r.register("kafka_producer_rebuilds", "Producers rebuilt after a fatal error", m.producer_rebuilds.clone());
+        r.register(
+            "kafka_producer_rebuilds",
+            "Producers rebuilt after a fatal error or a stall (nothing delivered for twice kafka.delivery_timeout)",
+            m.producer_rebuilds.clone(),
+        );
         r.register("kafka_client_errors", "Errors reported by the Kafka client, by kind", m.client_errors.clone());
         r.register("kafka_queue_bytes", "Bytes handed to the producer and not yet acknowledged", m.queue_bytes.clone());
         r.register("kafka_retry_queue_records", "Records waiting to be produced again", m.retry_queue.clone());

@@ -81,45 +81,70 @@ helm.sh/chart: {{ include "sluice.chart" .ctx }}
 {{- define "sluice.kafkaCaPath" -}}/etc/sluice/kafka-ca/{{ .Values.kafkaClient.tls.caSecret.key }}{{- end -}}
 {{- define "sluice.esCaPath" -}}/etc/sluice/es-ca/{{ .Values.elasticsearch.tls.caSecret.key }}{{- end -}}
 
-{{/* librdkafka properties shared by both binaries (JSON object; no secrets). */}}
+{{/* Further librdkafka properties of both binaries (JSON object; security is `kafka.security`). */}}
 {{- define "sluice.kafkaProperties" -}}
-{{- $p := dict -}}
+{{- toJson (deepCopy .Values.kafkaClient.properties) -}}
+{{- end -}}
+
+{{/*
+`kafka.security` of both binaries (JSON object; empty for plaintext): the protocol, the mounted CA
+and client certificate, the SASL mechanism. The SASL user and password come from the referenced
+Secret as environment (sluice.kafkaSecretEnv), never from values.
+*/}}
+{{- define "sluice.kafkaSecurity" -}}
 {{- $c := .Values.kafkaClient -}}
+{{- $s := dict -}}
 {{- if and $c.tls.enabled $c.sasl.enabled -}}
-{{- $_ := set $p "security.protocol" "SASL_SSL" -}}
+{{- $_ := set $s "protocol" "sasl_ssl" -}}
 {{- else if $c.tls.enabled -}}
-{{- $_ := set $p "security.protocol" "SSL" -}}
+{{- $_ := set $s "protocol" "ssl" -}}
 {{- else if $c.sasl.enabled -}}
-{{- $_ := set $p "security.protocol" "SASL_PLAINTEXT" -}}
+{{- $_ := set $s "protocol" "sasl_plaintext" -}}
+{{- end -}}
+{{- if $c.tls.enabled -}}
+{{- $tls := dict -}}
+{{- if $c.tls.caSecret.name -}}
+{{- $_ := set $tls "ca_file" (include "sluice.kafkaCaPath" .) -}}
+{{- end -}}
+{{- if $c.tls.clientCertSecret -}}
+{{- $_ := set $tls "cert_file" "/etc/sluice/kafka-client/tls.crt" -}}
+{{- $_ := set $tls "key_file" "/etc/sluice/kafka-client/tls.key" -}}
+{{- end -}}
+{{- if $tls -}}
+{{- $_ := set $s "tls" $tls -}}
+{{- end -}}
 {{- end -}}
 {{- if $c.sasl.enabled -}}
 {{- if not $c.sasl.secret.name -}}
 {{- fail "kafkaClient.sasl.enabled needs kafkaClient.sasl.secret.name (an existing Secret)" -}}
 {{- end -}}
-{{- $_ := set $p "sasl.mechanism" $c.sasl.mechanism -}}
+{{- $_ := set $s "sasl" (dict "mechanism" (lower $c.sasl.mechanism)) -}}
 {{- end -}}
-{{- if and $c.tls.enabled $c.tls.caSecret.name -}}
-{{- $_ := set $p "ssl.ca.location" (include "sluice.kafkaCaPath" .) -}}
+{{- toJson $s -}}
 {{- end -}}
-{{- if and $c.tls.enabled $c.tls.clientCertSecret -}}
-{{- $_ := set $p "ssl.certificate.location" "/etc/sluice/kafka-client/tls.crt" -}}
-{{- $_ := set $p "ssl.key.location" "/etc/sluice/kafka-client/tls.key" -}}
+
+{{/* The `kafka` section both binaries share: brokers, records topic, security, properties. */}}
+{{- define "sluice.kafkaCommon" -}}
+{{- $k := dict "brokers" (include "sluice.kafkaBrokers" . | fromJsonArray) "topic" .Values.topics.records
+      "properties" (include "sluice.kafkaProperties" . | fromJson) -}}
+{{- $sec := include "sluice.kafkaSecurity" . | fromJson -}}
+{{- if $sec -}}
+{{- $_ := set $k "security" $sec -}}
 {{- end -}}
-{{- toJson (merge (deepCopy $c.properties) $p) -}}
+{{- toJson $k -}}
 {{- end -}}
 
 {{/*
 Secret-backed environment of a container talking to Kafka: the SASL credentials as
-SLUICE_KAFKA__PROPERTIES__SASL.USERNAME / .PASSWORD (environment variable names with dots are
-valid since Kubernetes 1.32, RelaxedEnvironmentVariableValidation).
+SLUICE_KAFKA__SECURITY__SASL__USERNAME / __PASSWORD (`kafka.security.sasl.*`).
 */}}
 {{- define "sluice.kafkaSecretEnv" -}}
 {{- $s := .Values.kafkaClient.sasl -}}
 {{- if $s.enabled }}
-- name: SLUICE_KAFKA__PROPERTIES__SASL.USERNAME
+- name: SLUICE_KAFKA__SECURITY__SASL__USERNAME
   valueFrom:
     secretKeyRef: {name: {{ $s.secret.name }}, key: {{ $s.secret.usernameKey }}}
-- name: SLUICE_KAFKA__PROPERTIES__SASL.PASSWORD
+- name: SLUICE_KAFKA__SECURITY__SASL__PASSWORD
   valueFrom:
     secretKeyRef: {name: {{ $s.secret.name }}, key: {{ $s.secret.passwordKey }}}
 {{- end }}
@@ -202,10 +227,9 @@ valid since Kubernetes 1.32, RelaxedEnvironmentVariableValidation).
 {{- if $v.elasticsearch.tls.caSecret.name -}}
 {{- $_ := set $es "tls" (dict "ca_file" (include "sluice.esCaPath" .)) -}}
 {{- end -}}
-{{- $kafka := dict "brokers" (include "sluice.kafkaBrokers" . | fromJsonArray) "topic" $v.topics.records
-      "group_id" $v.indexer.groupId "partitions" (int $v.topics.partitions)
-      "revoke_timeout" (printf "%ds" (int $v.indexer.revokeTimeoutSeconds))
-      "properties" (include "sluice.kafkaProperties" . | fromJson) -}}
+{{- $kafka := merge (dict "group_id" $v.indexer.groupId "partitions" (int $v.topics.partitions)
+      "revoke_timeout" (printf "%ds" (int $v.indexer.revokeTimeoutSeconds)))
+      (include "sluice.kafkaCommon" . | fromJson) -}}
 {{- if $v.topics.replicationFactor -}}
 {{- $_ := set $kafka "replication_factor" (int $v.topics.replicationFactor) -}}
 {{- end -}}
@@ -226,8 +250,7 @@ valid since Kubernetes 1.32, RelaxedEnvironmentVariableValidation).
 {{- $cfg := dict "output" "kafka"
       "paths" (dict "root" "/var/log/pods" "symlink_dirs" (list "/var/log/containers"))
       "checkpoint" (dict "dir" "/var/lib/sluice")
-      "kafka" (dict "brokers" (include "sluice.kafkaBrokers" . | fromJsonArray) "topic" $v.topics.records
-                    "properties" (include "sluice.kafkaProperties" . | fromJson))
+      "kafka" (include "sluice.kafkaCommon" . | fromJson)
       "kubernetes" $k8s
       "metrics" (dict "listen" (printf "0.0.0.0:%d" (int $v.shipper.metricsPort))) -}}
 {{- toYaml (mergeOverwrite $cfg (deepCopy $v.shipper.config)) -}}
