@@ -85,9 +85,9 @@ async fn resident_memory_stays_within_the_configured_buffers_while_elasticsearch
         lag / MIB,
         buffers / MIB
     );
-    // Three times the buffers: a batch in flight exists twice (the batch and its request body),
-    // plus allocator slack (freed batches stay resident in glibc's arenas) and librdkafka's fetch
-    // responses being decoded. Measured +29 MiB on a quiet run, +65 MiB in a loaded CI run. An
+    // Three times the buffers: bodies rebuilt for the items of a batch that are retried, the HTTP
+    // client's buffers, librdkafka's fetch responses being decoded, and allocator slack (freed
+    // batches stay resident in glibc's arenas). Measured +29 MiB on a quiet run, +65 MiB in a loaded CI run. An
     // unbounded pipeline would hold most of the 254 MiB of lag.
     assert!(
         grown < 3 * buffers,
