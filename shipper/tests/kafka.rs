@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::kafka_support::{Collector, KillOnDrop, Msg, Setup, http_get, sigterm};
-use common::{Rec, len_for, stream_for, verify};
+use common::{Rec, len_for, stream_for, verify, verify_with};
 use sluice_integration_tests::{Kafka, kafka, kafka_dedicated, unique_name};
 use sluice_shipper::testkit::{KubeletWriter, WriterOptions};
 
@@ -187,7 +187,9 @@ async fn sigkill_mid_stream_three_times_loses_nothing() {
 /// Stops a dedicated broker for `down` while containers write and rotate; nothing may be lost and the
 /// shipper's memory must stay bounded meanwhile.
 async fn broker_outage(down: Duration, opts: WriterOptions, n: u64, rss_limit_kib: u64) {
-    broker_outage_with(down, opts, n, rss_limit_kib, None).await;
+    // Longer than the outage plus the broker's restart on a loaded machine: no delivery times out,
+    // so librdkafka's own retries keep each container's order (checked).
+    broker_outage_with(down, opts, n, rss_limit_kib, Some("120s")).await;
 }
 
 /// [`broker_outage`] with another `kafka.delivery_timeout` than the setup's 15 s; returns the
@@ -262,7 +264,10 @@ async fn broker_outage_with(
     let rebuilds = setup.metric("sluice_shipper_kafka_producer_rebuilds_total");
     assert!(sigterm(&mut shipper.0).success());
     let msgs = collector.messages();
-    let dups = verify(&records(&msgs), &expected);
+    // Deliveries that time out are produced again and may land after later records: the order is
+    // checked only when none can (a delivery timeout above the outage).
+    let ordered = delivery_timeout == Some("120s");
+    let dups = verify_with(&records(&msgs), &expected, ordered);
     eprintln!(
         "outage {down:?}: {in_kafka} records in Kafka before, {} after, {dups} re-sent, peak RSS {peak} KiB, {rotations_during} pods",
         msgs.len()

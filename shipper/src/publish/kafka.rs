@@ -110,7 +110,7 @@ struct Shared {
     logged: Mutex<HashMap<String, Instant>>,
     /// Authentication, TLS and ACL failures: logged once, shown on `/readyz` (through [`Probe`]).
     security: SecurityWatch,
-    /// The last successful delivery, or the last (re)build of the producer.
+    /// The last successful delivery, (re)build of the producer, or moment nothing was waiting.
     progress: Mutex<Instant>,
     /// The current producer, for [`Probe`]s made before a rebuild.
     current: Mutex<Option<Arc<BaseProducer<Context>>>>,
@@ -489,7 +489,15 @@ impl KafkaSink {
         let waiting = self.shared.queued.load(Ordering::Relaxed) > 0
             || !self.retries.is_empty()
             || !self.shared.failed.lock().expect("failed lock").is_empty();
-        let idle_for = self.shared.progress.lock().expect("progress lock").elapsed();
+        // The clock runs only while records wait: nothing waiting counts as progress (called
+        // every pass of the read loop, idle ones included), so a quiet hour is no stall.
+        let idle_for = {
+            let mut progress = self.shared.progress.lock().expect("progress lock");
+            if !waiting {
+                *progress = Instant::now();
+            }
+            progress.elapsed()
+        };
         if waiting && idle_for >= self.cfg.delivery_timeout * 2 {
             tracing::warn!(
                 ?idle_for,
