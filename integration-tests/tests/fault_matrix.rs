@@ -19,7 +19,7 @@ mod matrix;
 
 use std::time::{Duration, Instant};
 
-use matrix::{Pipeline, es_get, row_slot, wait_for};
+use matrix::{Pipeline, SlowLink, es_get, row_slot, wait_for};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -316,7 +316,10 @@ async fn row6_one_of_two_indexer_replicas_sigkilled_mid_batch() {
     let search = elasticsearch().await;
     let p = Pipeline::new("row6", &kafka.bootstrap, &search, &[], "");
     p.setup();
-    let mut victim = p.indexer("a");
+    // The victim's replies from Elasticsearch come 3 s late: each of its `_bulk`s is applied at once
+    // and settled only 3 s later, so a SIGKILL can be aimed inside a batch.
+    let link = SlowLink::start(&p.search.url, Duration::from_secs(3)).await;
+    let mut victim = p.indexer_via("a", &link.url);
     let mut survivor = p.indexer("b");
     let mut shipper = p.shipper();
     let mut lg = p.loadgen(RATE, ROTATE, &[]);
@@ -324,10 +327,12 @@ async fn row6_one_of_two_indexer_replicas_sigkilled_mid_batch() {
     for i in [&victim, &survivor] {
         i.wait_metric("sluice_indexer_assigned_partitions", Duration::from_secs(60), |v| v >= 1.0).await;
     }
-    // Mid-batch: the victim has a `_bulk` dispatched and not settled when SIGKILL hits.
+    // Mid-batch: the victim has a `_bulk` dispatched and not settled, and Elasticsearch has answered
+    // it (the link holds the reply), when SIGKILL hits.
     let in_flight = wait_for(&p, "a batch in flight at the victim", Duration::from_secs(60), async || {
+        let held = link.held_bytes();
         let bytes = victim.metric_sum("sluice_indexer_in_flight_bytes");
-        (bytes > 0.0).then_some(bytes)
+        (held > 0 && bytes > 0.0 && link.held_bytes() > 0).then_some(bytes)
     })
     .await;
     victim.kill();

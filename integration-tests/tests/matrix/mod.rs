@@ -163,6 +163,13 @@ metrics:
         indexer_support::Indexer::spawn(&self.indexer_env, &format!("fm-{}-{name}", self.row))
     }
 
+    /// Starts an indexer replica that reaches Elasticsearch at `es_url` (e.g. a [`SlowLink`]).
+    pub fn indexer_via(&self, name: &str, es_url: &str) -> indexer_support::Indexer {
+        let mut env = self.indexer_env.clone();
+        indexer_support::set(&mut env, "SLUICE_ELASTICSEARCH__URLS", es_url);
+        indexer_support::Indexer::spawn(&env, &format!("fm-{}-{name}", self.row))
+    }
+
     /// Starts the shipper (log next to the indexer logs).
     pub fn shipper(&self) -> Proc {
         let log = self.log_path("shipper");
@@ -466,4 +473,96 @@ async fn es_request(url: &str, method: &str, path: &str) -> Option<Value> {
     let method = reqwest::Method::from_bytes(method.as_bytes()).ok()?;
     let response = client.request(method, format!("{url}{path}")).send().await.ok()?;
     response.json().await.ok()
+}
+
+/// A TCP hop in front of a real node that passes requests on at once and holds every reply for
+/// `delay`: a `_bulk` sent through it is applied by the node but not yet answered for that long.
+/// Row 6 kills its victim inside that window, so "mid-batch" is made certain rather than left to
+/// how often a gauge is sampled (a `_bulk` to a quiet node takes milliseconds: sampling the
+/// in-flight gauge every 200 ms once found none within a minute). Not a mock: every byte goes to and
+/// comes from the real node, only later.
+pub struct SlowLink {
+    /// `http://127.0.0.1:<port>`: give this to the process whose replies are to be late.
+    pub url: String,
+    held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowLink {
+    /// Listens on a free port and forwards every connection to the host and port of `target`.
+    pub async fn start(target: &str, delay: Duration) -> SlowLink {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicUsize;
+        let target = reqwest::Url::parse(target).expect("target url");
+        let upstream =
+            format!("{}:{}", target.host_str().expect("host"), target.port_or_known_default().expect("port"));
+        let port = free_port();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind the slow link");
+        let held = Arc::new(AtomicUsize::new(0));
+        let counter = held.clone();
+        let task = tokio::spawn(async move {
+            // Dropped with the accept loop: aborting it closes every connection.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let held = counter.clone();
+                connections.spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                    let (mut client_rx, client_tx) = client.into_split();
+                    let (server_rx, mut server_tx) = server.into_split();
+                    let requests = async move {
+                        let _ = tokio::io::copy(&mut client_rx, &mut server_tx).await;
+                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut server_tx).await;
+                    };
+                    tokio::join!(requests, Self::late_replies(server_rx, client_tx, delay, held));
+                });
+            }
+        });
+        SlowLink { url: format!("http://127.0.0.1:{port}"), held, task }
+    }
+
+    /// Bytes of replies the node has sent and the link still holds back.
+    pub fn held_bytes(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Reads replies as they come and writes each one `delay` after it arrived, in order.
+    async fn late_replies(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        delay: Duration,
+        held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        use std::sync::atomic::Ordering::SeqCst;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(256);
+        let counter = held.clone();
+        let reader = async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n @ 1..) = from.read(&mut buf).await {
+                counter.fetch_add(n, SeqCst);
+                if tx.send((tokio::time::Instant::now(), buf[..n].to_vec())).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let writer = async move {
+            while let Some((arrived, bytes)) = rx.recv().await {
+                tokio::time::sleep_until(arrived + delay).await;
+                let sent = to.write_all(&bytes).await;
+                held.fetch_sub(bytes.len(), SeqCst);
+                if sent.is_err() {
+                    break;
+                }
+            }
+            let _ = to.shutdown().await;
+        };
+        tokio::join!(reader, writer);
+    }
+}
+
+impl Drop for SlowLink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
