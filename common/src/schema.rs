@@ -311,7 +311,7 @@ pub fn sanitize_label_key(key: &str) -> Cow<'_, str> {
 /// `Serialize` of their schema types, only the top-level field order is written by hand here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocumentFrame {
-    /// Per stream: `","stream":"<stream>","log":{"file":{"path":"<path>"},"offset":`.
+    /// Per stream: `,"stream":"<stream>","log":{"file":{"path":"<path>"},"offset":`.
     middle: [Vec<u8>; 2],
     /// `},"kubernetes":{…}[,"container":{…}],"host":{…},"agent":{…}`.
     tail: Vec<u8>,
@@ -339,7 +339,7 @@ impl DocumentFrame {
     pub fn new(template: &Document<'_>) -> Self {
         let middle = [Stream::Stdout, Stream::Stderr].map(|stream| {
             let mut m = Vec::with_capacity(64 + template.log.file.path.len());
-            m.extend_from_slice(b"\",\"stream\":");
+            m.extend_from_slice(b",\"stream\":");
             json(&mut m, &stream);
             m.extend_from_slice(b",\"log\":{\"file\":");
             json(&mut m, &template.log.file);
@@ -364,10 +364,10 @@ impl DocumentFrame {
     /// `tags` followed by the frame's own.
     pub fn write<'t>(&self, out: &mut Vec<u8>, record: &RecordFields<'_>, tags: impl IntoIterator<Item = &'t str>) {
         out.reserve(self.tail.len() + record.message.len() + 128);
-        out.extend_from_slice(b"{\"@timestamp\":\"");
-        escape_json_str(out, record.timestamp);
-        out.extend_from_slice(b"\",\"message\":\"");
-        escape_json_str(out, record.message);
+        out.extend_from_slice(b"{\"@timestamp\":");
+        write_json_str(out, record.timestamp);
+        out.extend_from_slice(b",\"message\":");
+        write_json_str(out, record.message);
         let middle = match record.stream {
             Stream::Stdout => &self.middle[0],
             Stream::Stderr => &self.middle[1],
@@ -377,10 +377,9 @@ impl DocumentFrame {
         out.extend_from_slice(&self.tail);
         let mut first = true;
         let mut tag = |t: &str| {
-            out.extend_from_slice(if first { b",\"tags\":[\"" } else { b",\"" });
+            out.extend_from_slice(if first { b",\"tags\":[" } else { b"," });
             first = false;
-            escape_json_str(out, t);
-            out.push(b'"');
+            write_json_str(out, t);
         };
         tags.into_iter().for_each(&mut tag);
         self.tags.iter().for_each(|t| tag(t));
@@ -396,72 +395,18 @@ fn json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
     serde_json::to_writer(out, value).expect("serialising to a Vec cannot fail");
 }
 
-/// Appends `s` to `out` as the inside of a JSON string, escaped exactly as `serde_json` escapes
+/// Appends `s` to `out` as a JSON string, quotes included, escaped exactly as `serde_json` escapes
 /// strings: `"` and `\` with a backslash, `\b \t \n \f \r` by name, other bytes below 0x20 as
 /// `\u00XX` (lowercase hex), everything else (DEL, non-ASCII) as is.
 ///
-/// Hand-rolled because it is the hottest loop of the shipper (issue #16: serde_json looks every
-/// byte up in a table; 46 % of the read path's time): this copies whole runs of bytes that need no
-/// escape, finding the next byte that does 8 bytes at a time (SWAR on a `u64`; the workspace
-/// denies `unsafe`, so no SIMD intrinsics). The tests compare it with serde_json on arbitrary strings.
-pub fn escape_json_str(out: &mut Vec<u8>, s: &str) {
-    let b = s.as_bytes();
-    let (mut run, mut i) = (0, 0);
-    loop {
-        let at = match b.get(i..i + 8) {
-            Some(word) => {
-                let m = escape_mask(u64::from_le_bytes(word.try_into().expect("8 bytes")));
-                if m == 0 {
-                    i += 8;
-                    continue;
-                }
-                // The lowest flagged byte is exact (see `escape_mask`).
-                i + (m.trailing_zeros() / 8) as usize
-            }
-            None => match b[i..].iter().position(|&c| c < 0x20 || c == b'"' || c == b'\\') {
-                Some(p) => i + p,
-                None => break,
-            },
-        };
-        out.extend_from_slice(&b[run..at]);
-        write_escape(out, b[at]);
-        i = at + 1;
-        run = i;
-    }
-    out.extend_from_slice(&b[run..]);
-}
-
-/// The high bit of each byte of `w` (little-endian) that needs escaping, plus possibly some bytes
-/// *after* a flagged one (the borrow of the subtraction tricks), so the lowest set bit is exact.
-#[inline(always)]
-fn escape_mask(w: u64) -> u64 {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    let control = w.wrapping_sub(LO * 0x20) & !w;
-    let q = w ^ (LO * u64::from(b'"'));
-    let quote = q.wrapping_sub(LO) & !q;
-    let s = w ^ (LO * u64::from(b'\\'));
-    let backslash = s.wrapping_sub(LO) & !s;
-    (control | quote | backslash) & HI
-}
-
-#[cold]
-fn write_escape(out: &mut Vec<u8>, c: u8) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let short = match c {
-        b'"' => b'"',
-        b'\\' => b'\\',
-        b'\n' => b'n',
-        b'\r' => b'r',
-        b'\t' => b't',
-        0x08 => b'b',
-        0x0c => b'f',
-        _ => {
-            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(c >> 4)], HEX[usize::from(c & 0xf)]]);
-            return;
-        }
-    };
-    out.extend_from_slice(&[b'\\', short]);
+/// Escaping the message is the hottest loop of the shipper (issue #16: serde_json looks every byte up
+/// in a table, 46 % of the read path's time). `json-escape-simd` (sonic-rs's kernel: AVX2/SSE2 chosen
+/// at run time, a scalar fallback elsewhere) copies whole runs that need no escape; measured against
+/// the 8-byte SWAR loop this replaced in BENCHMARKS.md. The tests compare it with serde_json on
+/// arbitrary strings.
+#[inline]
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    json_escape_simd::escape_into(s, out);
 }
 
 /// The Kafka headers of one record (contract version 1).
@@ -618,27 +563,27 @@ mod tests {
 
     /// serde_json's compact serialisation of a string, without the quotes.
     fn serde_escaped(s: &str) -> Vec<u8> {
-        let v = serde_json::to_vec(s).unwrap();
-        v[1..v.len() - 1].to_vec()
+        serde_json::to_vec(s).unwrap()
     }
 
     #[test]
     fn escaping_matches_serde_json_for_every_ascii_byte_at_every_position() {
         for c in 0u8..0x80 {
-            for pos in 0..20 {
-                for len in [pos + 1, pos + 9, 24] {
+            // Positions and lengths across the SIMD widths (16, 32, 64 bytes) and their tails.
+            for pos in 0..70 {
+                for len in [pos + 1, pos + 9, pos + 17, 100] {
                     let mut s = vec![b'a'; len.max(pos + 1)];
                     s[pos] = c;
                     let s = String::from_utf8(s).unwrap();
                     let mut out = Vec::new();
-                    escape_json_str(&mut out, &s);
+                    write_json_str(&mut out, &s);
                     assert_eq!(out, serde_escaped(&s), "byte {c:#x} at {pos} of {}", s.len());
                 }
             }
         }
         let mut out = Vec::new();
-        escape_json_str(&mut out, "");
-        assert!(out.is_empty());
+        write_json_str(&mut out, "");
+        assert_eq!(out, b"\"\"");
     }
 
     #[test]
@@ -670,7 +615,7 @@ mod tests {
         #[test]
         fn escaping_matches_serde_json(s in text()) {
             let mut out = b"x".to_vec();
-            escape_json_str(&mut out, &s);
+            write_json_str(&mut out, &s);
             proptest::prop_assert_eq!(&out[1..], &serde_escaped(&s)[..]);
         }
 

@@ -180,6 +180,63 @@ impl Fields {
     }
 }
 
+/// Whether `b` is canonical UTC, `YYYY-MM-DDTHH:MM:SS[.f]Z` with one to nine fraction digits: the
+/// form container runtimes write, so the one every line is checked against first (three times per
+/// line: parse, reassembly, record). Exactly the strings [`fields`] accepts with `canonical` set and
+/// `frac_digits` ≥ 1 or none, checked with a few word operations instead of a branch per byte
+/// (hand-rolled: no maintained crate validates a fixed layout; the proptests compare it with `fields`).
+#[inline]
+fn canonical(b: &[u8]) -> bool {
+    /// `c` in every byte.
+    const fn splat(c: u8) -> u128 {
+        u128::from_ne_bytes([c; 16])
+    }
+    /// 0xff in the bytes of the first 16 that are digits of the date and time.
+    const DIGITS: u128 =
+        u128::from_le_bytes([0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0, 0xff, 0xff, 0, 0xff, 0xff, 0, 0xff, 0xff]);
+    /// The separators of the first 16 bytes and where they are.
+    const SEPS: u128 = u128::from_le_bytes([0, 0, 0, 0, b'-', 0, 0, b'-', 0, 0, b'T', 0, 0, b':', 0, 0]);
+    const SEP_MASK: u128 = u128::from_le_bytes([0, 0, 0, 0, 0xff, 0, 0, 0xff, 0, 0, 0xff, 0, 0, 0xff, 0, 0]);
+    let n = b.len();
+    // 20 bytes without a fraction, 22 to 30 with one to nine digits.
+    if !(n == 20 || (22..=30).contains(&n)) || b[n - 1] != b'Z' || b[16] != b':' {
+        return false;
+    }
+    let Ok(head) = <[u8; 16]>::try_from(&b[..16]) else { return false };
+    let w = u128::from_le_bytes(head);
+    if w & SEP_MASK != SEPS {
+        return false;
+    }
+    // A digit XOR '0' is 0..=9: high nibble clear, and still clear after adding 6. The sum cannot
+    // carry into the next byte once the high nibbles are known clear.
+    let x = (w ^ splat(b'0')) & DIGITS;
+    if x & splat(0xf0) != 0 || x.wrapping_add(splat(6) & DIGITS) & splat(0xf0) != 0 {
+        return false;
+    }
+    let (s0, s1) = (b[17].wrapping_sub(b'0'), b[18].wrapping_sub(b'0'));
+    if s0 > 5 || s1 > 9 {
+        return false;
+    }
+    if n > 20 {
+        // The fraction is the last `n - 21` bytes before the `Z`; the 8 bytes before the `Z` hold
+        // all of it but the first digit of nine (bytes of the head above it are masked off).
+        let d = n - 21;
+        let Ok(tail) = <[u8; 8]>::try_from(&b[n - 9..n - 1]) else { return false };
+        let frac = (u64::from_le_bytes(tail) ^ u64::from_ne_bytes([b'0'; 8])) & (u64::MAX << (8 * (8 - d.min(8))));
+        let (f0, f6) = (u64::from_ne_bytes([0xf0; 8]), u64::from_ne_bytes([6; 8]));
+        if b[19] != b'.' || frac & f0 != 0 || frac.wrapping_add(f6) & f0 != 0 || (d == 9 && !b[20].is_ascii_digit()) {
+            return false;
+        }
+    }
+    let digit = |i: u32| ((x >> (8 * i)) & 0xf) as u32;
+    let year = digit(0) * 1000 + digit(1) * 100 + digit(2) * 10 + digit(3);
+    let month = digit(5) * 10 + digit(6);
+    let day = digit(8) * 10 + digit(9);
+    let hour = digit(11) * 10 + digit(12);
+    let min = digit(14) * 10 + digit(15);
+    (1..=12).contains(&month) && day != 0 && day <= days_in_month(i64::from(year), month) && hour <= 23 && min <= 59
+}
+
 /// Parses an RFC 3339 timestamp (`2026-11-27T00:17:09.669794202Z`, `…+02:00`, any fraction length).
 pub fn parse(b: &[u8]) -> Option<Parsed> {
     let f = fields(b)?;
@@ -188,7 +245,7 @@ pub fn parse(b: &[u8]) -> Option<Parsed> {
 
 /// Whether `b` is a valid RFC 3339 timestamp ([`parse`] without computing the instant).
 pub fn is_valid(b: &[u8]) -> bool {
-    fields(b).is_some()
+    canonical(b) || fields(b).is_some()
 }
 
 /// Formats an instant as RFC 3339 UTC with nine fraction digits (`…T00:17:09.669794202Z`).
@@ -209,6 +266,10 @@ pub fn format(instant: Instant, out: &mut String) {
 
 /// Normalises a timestamp to RFC 3339 UTC, borrowing when it already is; `None` when invalid.
 pub fn normalize(b: &[u8]) -> Option<Cow<'_, str>> {
+    if canonical(b) {
+        // Validated ASCII.
+        return std::str::from_utf8(b).ok().map(Cow::Borrowed);
+    }
     let f = fields(b)?;
     if f.canonical {
         // Validated ASCII above.
@@ -320,6 +381,37 @@ mod tests {
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = normalize(&bytes);
             prop_assert_eq!(is_valid(&bytes), parse(&bytes).is_some());
+        }
+
+        /// The fixed-width check accepts exactly what the general parser calls canonical: valid
+        /// timestamps of every shape (fraction lengths 0 to 12, any zone) with one byte replaced by a
+        /// byte that is near the valid ones or anything.
+        #[test]
+        fn canonical_fast_path_agrees_with_fields(secs in -62_167_219_200i64..253_402_300_799, nanos in 0u32..1_000_000_000,
+                                                  digits in 0usize..12, zone in 0usize..3, at in 0usize..40,
+                                                  byte in prop_oneof![Just(b'/'), Just(b':'), Just(b'0'), Just(b'9'),
+                                                                      Just(b'.'), Just(b'Z'), b'0'..=b'9', any::<u8>()],
+                                                  mutate in any::<bool>()) {
+            let mut full = String::new();
+            format(Instant { secs, nanos }, &mut full);
+            let mut frac = full[20..29].to_owned();
+            while frac.len() < digits { frac.push('3'); }
+            frac.truncate(digits);
+            let dot = if digits > 0 { "." } else { "" };
+            let zone = ["Z", "z", "+00:00"][zone];
+            let mut ts = format!("{}{dot}{frac}{zone}", &full[..19]).into_bytes();
+            if mutate && at < ts.len() {
+                ts[at] = byte;
+            }
+            prop_assert_eq!(canonical(&ts), fields(&ts).is_some_and(|f| f.canonical), "{:?}", String::from_utf8_lossy(&ts));
+        }
+
+        /// Calendar edges the mutations rarely reach: every day number of every month, leap years.
+        #[test]
+        fn canonical_fast_path_knows_the_calendar(year in prop_oneof![Just(1900u32), Just(2000), Just(2024), Just(2026), 0u32..10_000],
+                                                  month in 0u32..14, day in 0u32..33, hour in 0u32..25, min in 0u32..61, sec in 0u32..61) {
+            let ts = format!("{year:04}-{month:02}-{day:02}T{hour:02}:{min:02}:{sec:02}.5Z");
+            prop_assert_eq!(canonical(ts.as_bytes()), fields(ts.as_bytes()).is_some_and(|f| f.canonical), "{}", ts);
         }
 
         /// The UTC fast path of `normalize` (`+00:00`, `-00:00`, `z`, `t`, ` `) writes what formatting
