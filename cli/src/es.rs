@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use reqwest::{Client, Method, StatusCode, Url};
 use serde_json::{Value, json};
+use sluice_common::secret::Secret;
 
 /// Errors talking to Elasticsearch.
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +67,8 @@ pub struct Hit {
 pub struct Es {
     http: Client,
     base: Url,
-    auth: Option<(String, String)>,
-    api_key: Option<String>,
+    auth: Option<(String, Secret)>,
+    api_key: Option<Secret>,
 }
 
 impl Es {
@@ -79,7 +80,7 @@ impl Es {
             return Err(bad("the scheme must be http or https".into()));
         }
         let auth = (!base.username().is_empty())
-            .then(|| (base.username().to_owned(), base.password().unwrap_or_default().to_owned()));
+            .then(|| (base.username().to_owned(), Secret::new(base.password().unwrap_or_default())));
         let _ = base.set_username("");
         let _ = base.set_password(None);
         if !base.path().ends_with('/') {
@@ -236,14 +237,15 @@ pub enum Auth {
     /// No credentials.
     #[default]
     None,
-    /// HTTP basic auth.
-    Basic(String, String),
-    /// An API key, base64 of `id:key` (the `encoded` value Elasticsearch returns).
-    ApiKey(String),
+    /// HTTP basic auth: user and password (`Debug` prints `***` for the password).
+    Basic(String, Secret),
+    /// An API key, base64 of `id:key` (the `encoded` value Elasticsearch returns; `Debug` prints `***`).
+    ApiKey(Secret),
 }
 
-/// How to reach Elasticsearch, the same settings as the indexer's `elasticsearch.*` keys.
-#[derive(Debug, Clone, Default)]
+/// How to reach Elasticsearch, the same settings as the indexer's `elasticsearch.*` keys. `Debug`
+/// shows no secret (a password in the URL prints `***`).
+#[derive(Clone, Default)]
 pub struct EsSettings {
     /// `http[s]://[user:password@]host:port`.
     pub url: String,
@@ -255,6 +257,19 @@ pub struct EsSettings {
     pub insecure_skip_verify: bool,
     /// Timeout of one request.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for EsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let EsSettings { url, auth, ca_file, insecure_skip_verify, timeout } = self;
+        f.debug_struct("EsSettings")
+            .field("url", &redact(url))
+            .field("auth", auth)
+            .field("ca_file", ca_file)
+            .field("insecure_skip_verify", insecure_skip_verify)
+            .field("timeout", timeout)
+            .finish()
+    }
 }
 
 /// An open point in time (Elasticsearch `_pit`, OpenSearch `_search/point_in_time`).
@@ -423,10 +438,10 @@ impl Es {
 
     fn authorize(&self, mut req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         if let Some((u, p)) = &self.auth {
-            req = req.basic_auth(u, Some(p));
+            req = req.basic_auth(u, Some(p.expose()));
         }
         if let Some(k) = &self.api_key {
-            req = req.header("authorization", format!("ApiKey {k}"));
+            req = req.header("authorization", format!("ApiKey {}", k.expose()));
         }
         req
     }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use sluice_cli::{loadgen, logs, top, verify};
+use sluice_cli::{connect, loadgen, logs, top, verify};
 
 /// The Sluice command-line tool.
 #[derive(Debug, Parser)]
@@ -49,6 +49,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     match cli.command {
         Command::Logs(opts) => {
+            warn(opts.connection.warnings());
             let colour = io::stdout().is_terminal() && !opts.no_color && std::env::var_os("NO_COLOR").is_none();
             let out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
             let code = rt.block_on(async {
@@ -60,6 +61,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(code)
         }
         Command::Top(opts) => {
+            warn(opts.connection.warnings());
             let code = rt.block_on(async {
                 let mut out = io::stdout();
                 tokio::select! {
@@ -92,6 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify(opts) => {
+            warn(connect::plain_http_warning(&opts.es_url, None));
             let report = rt.block_on(verify::run(&opts)).context("verify")?;
             if opts.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -100,6 +103,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if report.passed(opts.strict) { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
+    }
+}
+
+/// Prints accepted but unsafe settings, one line each, on stderr (they do not stop the command).
+fn warn(warnings: impl IntoIterator<Item = String>) {
+    for w in warnings {
+        eprintln!("sluice: warning: {w}");
     }
 }
 
