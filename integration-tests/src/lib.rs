@@ -12,6 +12,8 @@
 //!   file-realm user); [`search_cluster`]: private Elasticsearch nodes forming one cluster.
 //! - [`unique_name`]: topic, group and index names that never collide between tests or runs;
 //!   [`sweep`] deletes what earlier, finished test processes left on a long-lived stack.
+//! - [`metric_names`]: the metric names the binaries declare (from their sources), so that a
+//!   helper reading an absent series as 0 can still refuse a name no binary has.
 //!
 //! Containers use host networking (no bridge network is allowed here), so every container gets
 //! its own free 127.0.0.1 ports. When neither Docker nor the variables are available, the harness
@@ -34,6 +36,7 @@ use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
 pub mod helm;
 pub mod kube;
+pub mod metric_names;
 pub mod secure;
 pub mod sweep;
 

@@ -14,7 +14,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 use sluice_common::schema::Headers;
-use sluice_integration_tests::{Kafka, Search, free_port, unique_name};
+use sluice_integration_tests::{Kafka, Search, free_port, metric_names, unique_name};
 
 /// Names private to one test.
 #[derive(Debug, Clone)]
@@ -334,13 +334,13 @@ impl Indexer {
     }
 
     /// The sum of the samples of `series` (see [`metric_sum`]); fails when the endpoint is down or
-    /// the metric is not exposed at all.
+    /// when neither the scrape nor the binaries' sources have the metric.
     pub fn metric_sum(&self, series: &str) -> f64 {
         metric_sum(&self.metrics(), series)
     }
 
     /// Waits until the endpoint answers and `metric_sum(series)` satisfies `ok` (panics with the
-    /// log tail after `timeout`; also when the metric is not exposed once the endpoint answers).
+    /// log tail after `timeout`; at once when no binary declares the metric).
     pub async fn wait_metric(&self, series: &str, timeout: Duration, ok: impl Fn(f64) -> bool) -> f64 {
         let deadline = Instant::now() + timeout;
         loop {
@@ -406,26 +406,27 @@ fn parse_labels(text: &str) -> Vec<(String, String)> {
     }
 }
 
-/// Whether `text` declares the metric family that sample name `name` belongs to (`# TYPE` line;
-/// counters' samples end in `_total`, histograms' in `_bucket` / `_sum` / `_count`).
-fn declared(text: &str, name: &str) -> bool {
-    text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).any(|family| {
+/// Whether the scrape `text` declares (`# TYPE` line) the family that sample name `name` belongs
+/// to, with the sample suffix its type gives (`_total` for a counter, none for a gauge, `_bucket` /
+/// `_sum` / `_count` for a histogram).
+fn in_scrape(text: &str, name: &str) -> bool {
+    text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split_once(' ')).any(|(family, kind)| {
         name.strip_prefix(family)
-            .is_some_and(|suffix| ["", "_total", "_bucket", "_sum", "_count", "_created", "_info"].contains(&suffix))
+            .is_some_and(|suffix| metric_names::Kind::from_type_line(kind.trim()).sample_suffixes().contains(&suffix))
     })
 }
 
 /// Sum of the samples of `series` in a Prometheus text body: `name` (every label set) or
 /// `name{label="value",…}` (samples carrying at least those labels). The name is matched exactly,
-/// and a metric the body does not declare at all (renamed, removed, wrong prefix) fails the test
-/// instead of reading as 0; a declared family without a matching sample is 0 (labelled series
-/// appear on first use).
+/// never by prefix. A family the scrape lacks reads as 0 only if a binary declares it
+/// ([`metric_names::assert_declared`]: a `register(…)` in the shipper's or the indexer's sources):
+/// prometheus-client leaves a labelled family out of the body until its first sample, but a
+/// renamed, removed or misspelled metric (or a counter without `_total`, a gauge with it) fails
+/// the test instead of reading as 0. A declared family without a matching sample is 0.
 pub fn metric_sum(text: &str, series: &str) -> f64 {
     let (name, want) = parse_selector(series);
-    // prometheus-client leaves a labelled family out of the body until its first sample, so an
-    // undeclared name reads as 0 (it cannot be told from a family not used yet); names still match
-    // exactly, never by prefix.
-    if !declared(text, name) {
+    if !in_scrape(text, name) {
+        metric_names::assert_declared(name);
         return 0.0;
     }
     text.lines()
@@ -470,19 +471,56 @@ fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body.to_owned()))
 }
 
+const SCRAPE: &str = "# HELP sluice_indexer_docs Documents.\n# TYPE sluice_indexer_docs counter\n\
+    sluice_indexer_docs_total{outcome=\"indexed\"} 5\nsluice_indexer_docs_total{outcome=\"duplicate\"} 2\n\
+    # TYPE sluice_indexer_docs_truncated counter\nsluice_indexer_docs_truncated_total 100\n\
+    # TYPE sluice_indexer_node_up gauge\nsluice_indexer_node_up{url=\"http://a:1\",x=\"q\\\"z\"} 1\n# EOF\n";
+
 #[test]
 fn metric_sum_matches_names_exactly() {
-    let text = "# HELP sluice_indexer_docs Documents.\n# TYPE sluice_indexer_docs counter\n\
-        sluice_indexer_docs_total{outcome=\"indexed\"} 5\nsluice_indexer_docs_total{outcome=\"duplicate\"} 2\n\
-        # TYPE sluice_indexer_docs_truncated counter\nsluice_indexer_docs_truncated_total 100\n\
-        # TYPE sluice_indexer_node_up gauge\nsluice_indexer_node_up{url=\"http://a:1\",x=\"q\\\"z\"} 1\n# EOF\n";
-    assert_eq!(metric_sum(text, "sluice_indexer_docs_total"), 7.0, "all label sets, not the _truncated metric");
-    assert_eq!(metric_sum(text, "sluice_indexer_docs_total{outcome=\"duplicate\"}"), 2.0);
-    assert_eq!(metric_sum(text, "sluice_indexer_docs_total{outcome=\"dead_lettered\"}"), 0.0, "declared, no series");
-    assert_eq!(metric_sum(text, "sluice_indexer_node_up{url=\"http://a:1\"}"), 1.0);
-    assert_eq!(metric_sum(text, "sluice_indexer_node_up{x=\"q\\\"z\"}"), 1.0);
-    assert_eq!(metric_sum(text, "sluice_indexer_documents_total"), 0.0, "not declared (yet): 0");
-    assert_eq!(metric_sum(text, "sluice_indexer_doc"), 0.0, "no prefix matching");
+    assert_eq!(metric_sum(SCRAPE, "sluice_indexer_docs_total"), 7.0, "all label sets, not the _truncated metric");
+    assert_eq!(metric_sum(SCRAPE, "sluice_indexer_docs_total{outcome=\"duplicate\"}"), 2.0);
+    assert_eq!(metric_sum(SCRAPE, "sluice_indexer_docs_total{outcome=\"dead_lettered\"}"), 0.0, "declared, no series");
+    assert_eq!(metric_sum(SCRAPE, "sluice_indexer_node_up{url=\"http://a:1\"}"), 1.0);
+    assert_eq!(metric_sum(SCRAPE, "sluice_indexer_node_up{x=\"q\\\"z\"}"), 1.0);
+}
+
+/// A family the binary declares but that has no sample yet (a labelled family before its first
+/// label set) is absent from the scrape: it reads as 0.
+#[test]
+fn metric_sum_reads_a_declared_but_unsampled_metric_as_0() {
+    assert_eq!(metric_sum(SCRAPE, "sluice_indexer_dead_letters_total"), 0.0);
+    assert_eq!(metric_sum(SCRAPE, "sluice_indexer_abandoned_records_total{reason=\"x\"}"), 0.0);
+    assert_eq!(metric_sum("", "sluice_indexer_in_flight_bytes"), 0.0, "a gauge: no _total");
+    assert_eq!(metric_sum("", "sluice_shipper_enrich_misses_total"), 0.0, "the shipper's metrics too");
+}
+
+/// A name no binary declares fails instead of reading as 0 (an `== 0` assertion on it would pass
+/// whatever the indexer did).
+#[test]
+#[should_panic(expected = "no binary declares it")]
+fn metric_sum_refuses_a_metric_no_binary_declares() {
+    metric_sum(SCRAPE, "sluice_indexer_documents_total");
+}
+
+#[test]
+#[should_panic(expected = "no binary declares it")]
+fn metric_sum_refuses_a_prefix_of_a_declared_name() {
+    metric_sum(SCRAPE, "sluice_indexer_doc");
+}
+
+/// prometheus-client registers a counter as `docs` and exposes its samples as `docs_total`: the
+/// bare family name has no sample, so it is refused rather than read as 0.
+#[test]
+#[should_panic(expected = "no binary declares it")]
+fn metric_sum_refuses_a_counter_without_its_total_suffix() {
+    metric_sum(SCRAPE, "sluice_indexer_docs");
+}
+
+#[test]
+#[should_panic(expected = "no binary declares it")]
+fn metric_sum_refuses_a_gauge_with_a_total_suffix() {
+    metric_sum("", "sluice_indexer_in_flight_bytes_total");
 }
 
 /// Refreshes the indices and counts documents (`None` if the search engine does not answer).

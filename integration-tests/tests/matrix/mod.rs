@@ -422,7 +422,9 @@ impl Proc {
         self.child.try_wait().expect("try_wait").is_none()
     }
 
-    /// Sum of the series starting with `prefix` in `/metrics` (0 when unreachable or absent).
+    /// Sum of the samples of `prefix` (an exact name, with labels or not) in `/metrics`, see
+    /// `indexer_support::metric_sum`: 0 when unreachable or while a declared metric has no
+    /// sample; a name no binary declares fails the test.
     pub fn metric(&self, prefix: &str) -> f64 {
         let body = http_get(self.metrics_port, "/metrics").unwrap_or_default();
         indexer_support::metric_sum(&body, prefix)

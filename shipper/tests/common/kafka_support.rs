@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use sluice_integration_tests::{free_port, unique_name};
+use sluice_integration_tests::{free_port, metric_names, unique_name};
 use sluice_shipper::sink::Collected;
 
 use super::{Rec, decode};
@@ -230,16 +230,18 @@ impl Setup {
     }
 
     /// The value of a counter series, 0 while it does not exist yet (labelled series appear on
-    /// first use).
+    /// first use) — for a metric the shipper declares; any other name fails (see [`absent_series`]).
     pub fn counter(&self, series: &str) -> f64 {
-        self.metric_opt(series).unwrap_or(0.0)
+        self.metric_opt(series).unwrap_or_else(|| absent_series(series))
     }
 
-    /// Waits until the endpoint answers and `ok(value of series)` (absent: 0); returns the value.
+    /// Waits until the endpoint answers and `ok(value of series)` (absent: 0, for a declared
+    /// metric; a name the shipper does not declare fails at once); returns the value.
     pub fn wait_metric(&self, series: &str, timeout: Duration, ok: impl Fn(f64) -> bool) -> f64 {
         let deadline = Instant::now() + timeout;
         loop {
-            let v = http_get(self.metrics_port, "/metrics").map(|body| series_value(&body, series).unwrap_or(0.0));
+            let v = http_get(self.metrics_port, "/metrics")
+                .map(|body| series_value(&body, series).unwrap_or_else(|| absent_series(series)));
             if let Some(v) = v
                 && ok(v)
             {
@@ -273,6 +275,29 @@ impl Setup {
 pub fn series_value(body: &str, series: &str) -> Option<f64> {
     body.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
+}
+
+/// The value of a series absent from the scrape: 0, if the binaries declare its metric (a labelled
+/// family has no sample before first use), otherwise the test fails — a renamed or misspelled
+/// metric would read 0 forever and make every `== 0` assertion on it pass.
+pub fn absent_series(series: &str) -> f64 {
+    metric_names::assert_declared(series.split('{').next().unwrap_or(series));
+    0.0
+}
+
+#[test]
+fn an_absent_series_of_a_declared_metric_reads_0() {
+    let body = "# TYPE sluice_shipper_scans counter\nsluice_shipper_scans_total 3\n";
+    let value = |series: &str| series_value(body, series).unwrap_or_else(|| absent_series(series));
+    assert_eq!(value("sluice_shipper_scans_total"), 3.0);
+    assert_eq!(value("sluice_shipper_enrich_misses_total{reason=\"api_down\"}"), 0.0);
+    assert_eq!(value("sluice_shipper_inflight_bytes"), 0.0);
+}
+
+#[test]
+#[should_panic(expected = "no binary declares it")]
+fn an_absent_series_of_an_undeclared_metric_fails() {
+    absent_series("sluice_shipper_enrich_miss_total{reason=\"api_down\"}");
 }
 
 /// Minimal HTTP GET on 127.0.0.1 (`/readyz` answers `<status>` first).
