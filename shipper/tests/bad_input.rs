@@ -12,7 +12,7 @@ mod common;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -400,8 +400,11 @@ fn a_read_only_checkpoint_directory_keeps_shipping_does_not_advance_and_recovers
 // ---------------------------------------------------------------------------------------------
 // The real binary: memory and privileges.
 
+/// A port reserved for this test process until it exits (leased by the harness, not bound and
+/// released: another test's container or an outgoing connection cannot take it before the
+/// shipper binds it).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    sluice_integration_tests::free_port()
 }
 
 fn http_get(port: u16, path: &str) -> Option<String> {
