@@ -653,8 +653,13 @@ mod tests {
     }
 
     fn sink(url: &str) -> Arc<Sink> {
+        sink_with_kafka(url, "127.0.0.1:1")
+    }
+
+    /// A sink whose dead letters go to the Kafka at `brokers` (e.g. an in-process mock cluster).
+    fn sink_with_kafka(url: &str, brokers: &str) -> Arc<Sink> {
         let mut config = IndexerConfig::default();
-        config.kafka.brokers = vec!["127.0.0.1:1".into()];
+        config.kafka.brokers = vec![brokers.into()];
         config.elasticsearch.urls = vec![url.into()];
         config.elasticsearch.blocked_probe_interval = Duration::from_millis(50);
         config.retry.initial_backoff = Duration::from_millis(10);
@@ -768,6 +773,60 @@ mod tests {
         deliver(&sink, batch(&sink, 0, 4)).await;
         assert_eq!(requests.load(Ordering::Relaxed), 3);
         assert_eq!(sink.tracker.lock().unwrap().commit_points(None), vec![(0, 4)]);
+    }
+
+    // Issue 15, mutation 1: a 409 `version_conflict_engine_exception` on `create` is success (a
+    // re-delivery after a crash or rebalance). The delivery loop settles it as `duplicate`: it is
+    // neither retried nor dead-lettered, unlike the 400 next to it. The dead-letter topic is on
+    // librdkafka's in-process mock cluster, so the 400's letter is acknowledged and the batch
+    // completes in milliseconds.
+    #[tokio::test]
+    async fn a_409_version_conflict_settles_as_duplicate_and_is_not_dead_lettered() {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::mocking::MockCluster;
+
+        // Offsets 0..6, one item each, in the order of the bulk body.
+        const STATUSES: [u16; 6] = [201, 409, 201, 409, 400, 409];
+        let kafka = MockCluster::new(1).unwrap();
+        let (url, requests) = fake(|n, body| {
+            if n > 0 {
+                return all_created(body); // a retry: answered, then caught by the request count
+            }
+            let actions = body.split(|&b| b == b'\n').filter(|l| l.starts_with(b"{\"create\"")).count();
+            assert_eq!(actions, STATUSES.len(), "one request with the whole batch");
+            let items: Vec<&str> = STATUSES
+                .iter()
+                .map(|status| match status {
+                    201 => r#"{"create":{"status":201}}"#,
+                    409 => {
+                        r#"{"create":{"status":409,"error":{"type":"version_conflict_engine_exception","reason":"[id]: version conflict, document already exists (current version [1])"}}}"#
+                    }
+                    _ => {
+                        r#"{"create":{"status":400,"error":{"type":"mapper_parsing_exception","reason":"failed to parse field [message]"}}}"#
+                    }
+                })
+                .collect();
+            (200, format!(r#"{{"errors":true,"items":[{}]}}"#, items.join(",")))
+        })
+        .await;
+        let sink = sink_with_kafka(&url, &kafka.bootstrap_servers());
+        kafka.create_topic(sink.dlq.topic(), 1, 1).unwrap();
+        deliver(&sink, batch(&sink, 0, STATUSES.len() as i64)).await;
+
+        let docs = |outcome: &str| sink.metrics.docs.get_or_create(&vec![("outcome", outcome.to_owned())]).get();
+        let letters = |kind: &str| sink.metrics.dead_letters.get_or_create(&vec![("type", kind.to_owned())]).get();
+        assert_eq!(docs("duplicate"), 3, "the three 409s settled as duplicate");
+        assert_eq!(letters("version_conflict_engine_exception"), 0, "no 409 dead-lettered");
+        assert_eq!(docs("indexed"), 2, "the two 201s settled as indexed");
+        assert_eq!(letters("mapper_parsing_exception"), 1, "the 400 dead-lettered");
+        assert_eq!(docs("dead_lettered"), 1, "nothing else dead-lettered");
+        assert_eq!(requests.load(Ordering::Relaxed), 1, "nothing retried");
+        assert_eq!(sink.tracker.lock().unwrap().commit_points(None), vec![(0, 6)], "all settled");
+        // The topic holds the 400's letter and nothing more.
+        let consumer: BaseConsumer =
+            rdkafka::ClientConfig::new().set("bootstrap.servers", kafka.bootstrap_servers()).create().unwrap();
+        let (_, high) = consumer.fetch_watermarks(sink.dlq.topic(), 0, Duration::from_secs(5)).unwrap();
+        assert_eq!(high, 1, "exactly one letter on the dead-letter topic");
     }
 
     /// Slots in use while a one-record batch backs off after its item got `item` (status, type).
