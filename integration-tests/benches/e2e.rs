@@ -147,19 +147,27 @@ async fn latency(p: &Pipeline, rate: u64, secs: u64) -> Vec<f64> {
         assert!(Instant::now() < deadline, "no loadgen manifest at {}", manifest.display());
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    const EVERY: u64 = 25;
-    let mut next: Vec<u64> = vec![EVERY; streams.len()];
+    // Every `every`-th line of each stdout stream is a sample, ~10 per second per stream. Each poll
+    // asks for the next `WINDOW` unseen samples of every stream at once, so a sample is timed at the
+    // first poll that can see it even when the pipeline runs ahead of the probe (an earlier probe
+    // asked for one sample per stream per poll and fell behind above ~250 lines/s per stream,
+    // timing its own lag).
+    const WINDOW: u64 = 48;
+    let every = (rate / streams.len().max(1) as u64 / 10).max(25);
+    let mut next: Vec<u64> = vec![every; streams.len()];
+    let mut seen: Vec<std::collections::BTreeSet<u64>> = vec![Default::default(); streams.len()];
     let mut samples = Vec::new();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
     let start = Instant::now();
     let end = start + Duration::from_secs(secs);
     while Instant::now() < end + Duration::from_secs(5) {
-        let should: Vec<Value> = streams
-            .iter()
-            .zip(&next)
-            .map(|(s, seq)| json!({"match_phrase": {"message": format!("sl {run} {s} {seq}")}}))
-            .collect();
-        let body = json!({"size": 100, "_source": ["@timestamp", "message"], "query": {"bool": {"should": should}}});
+        let mut should = Vec::new();
+        for (i, s) in streams.iter().enumerate() {
+            let wanted = (0..).map(|k| next[i] + k * every).filter(|q| !seen[i].contains(q)).take(WINDOW as usize);
+            should.extend(wanted.map(|seq| json!({"match_phrase": {"message": format!("sl {run} {s} {seq}")}})));
+        }
+        let body =
+            json!({"size": should.len(), "_source": ["@timestamp", "message"], "query": {"bool": {"should": should}}});
         let found_at = time::OffsetDateTime::now_utc();
         let answer = client.post(format!("{}/{}/_search", p.search.url, p.names.indices())).json(&body).send().await;
         if let Ok(answer) = answer
@@ -173,15 +181,20 @@ async fn latency(p: &Pipeline, rate: u64, secs: u64) -> Vec<f64> {
                     continue;
                 };
                 for (i, s) in streams.iter().enumerate() {
-                    let token = format!("#sl/{run}/{s}/{}", next[i]);
-                    if message.contains(&token)
-                        && !message[message.find(&token).unwrap() + token.len()..]
-                            .starts_with(|c: char| c.is_ascii_digit())
-                    {
+                    let prefix = format!("#sl/{run}/{s}/");
+                    let Some(at) = message.find(&prefix) else { continue };
+                    let digits: String =
+                        message[at + prefix.len()..].chars().take_while(|c| c.is_ascii_digit()).collect();
+                    let Ok(seq) = digits.parse::<u64>() else { continue };
+                    if seq >= next[i] && seq % every == 0 && seen[i].insert(seq) {
                         samples.push((found_at - written).as_seconds_f64());
-                        next[i] += EVERY;
                     }
                 }
+            }
+        }
+        for i in 0..streams.len() {
+            while seen[i].remove(&next[i]) {
+                next[i] += every;
             }
         }
         if Instant::now() > end && lg.running() {
