@@ -46,13 +46,6 @@ enum Command {
     },
 }
 
-/// jemalloc for the whole process, librdkafka's C allocations included (`unprefixed_malloc…`: it
-/// provides `malloc`/`free`). Every produced record is allocated by the read thread and freed by
-/// librdkafka's broker thread; with glibc's arenas those cross-thread frees made `malloc` and
-/// `malloc_consolidate` a third of the read thread's time (BENCHMARKS.md, issue #16).
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> ExitCode {
     enrich::watch::install_crypto_provider();
     let cli = Cli::parse();
