@@ -329,7 +329,7 @@ async fn row6_one_of_two_indexer_replicas_sigkilled_mid_batch() {
     }
     // Mid-batch: the victim has a `_bulk` dispatched and not settled, and Elasticsearch has answered
     // it (the link holds the reply), when SIGKILL hits.
-    let in_flight = wait_for(&p, "a batch in flight at the victim", Duration::from_secs(60), async || {
+    let in_flight = wait_for(&p, "a batch in flight at the victim", Duration::from_secs(150), async || {
         let held = link.held_bytes();
         let bytes = victim.metric_sum("sluice_indexer_in_flight_bytes");
         (held > 0 && bytes > 0.0 && link.held_bytes() > 0).then_some(bytes)
