@@ -159,6 +159,12 @@ impl Kafka {
         }
     }
 
+    /// The id of the container this handle owns (`None` for the shared broker), for `docker` commands
+    /// the handle has no method for (`docker pause`).
+    pub fn container_id(&self) -> Option<&str> {
+        self.container.as_ref().map(|c| c.id())
+    }
+
     /// Stops the broker container (fault tests). Panics for the shared broker.
     pub async fn stop(&self) {
         self.container.as_ref().expect("stop() needs kafka_dedicated()").stop().await.expect("stop kafka");

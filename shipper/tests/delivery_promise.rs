@@ -702,23 +702,6 @@ async fn partials_cut_by_memory_are_cut_there_again_after_sigkill() {
 
 // ---- Scenario 1 through the Kafka publisher, the broker frozen ----
 
-/// The id of the container of a private broker (`kafka_dedicated`, host network) listening on
-/// `bootstrap`'s port: the harness's handle does not expose it, its environment names the port.
-fn broker_container(bootstrap: &str) -> String {
-    let port = bootstrap.rsplit(':').next().unwrap();
-    let docker = |args: &[&str]| {
-        let out = std::process::Command::new("docker").args(args).output().expect("docker");
-        assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let want = format!("KAFKA_ADVERTISED_LISTENERS=PLAINTEXT://127.0.0.1:{port}\"");
-    docker(&["ps", "-q", "--no-trunc", "--filter", "label=sluice.test=1"])
-        .lines()
-        .find(|id| docker(&["inspect", "--format", "{{json .Config.Env}}", id]).contains(&want))
-        .unwrap_or_else(|| panic!("no private broker container listening on {bootstrap}"))
-        .to_owned()
-}
-
 /// A broker frozen by `docker pause`: its connections stay open and nothing is answered (no
 /// error, no acknowledgement), like a broker stuck in a long GC or a partitioned network. Thawed
 /// by [`Frozen::thaw`] or when dropped (a failing test leaves no paused container).
@@ -797,7 +780,7 @@ async fn lagging_generation_gzipped_while_the_broker_is_frozen_is_read_to_the_en
         let mut shipper = KillOnDrop(setup.spawn());
         // The publisher works before the freeze.
         collector.wait_unique(before as usize, WAIT);
-        let mut frozen = Frozen::freeze(&broker_container(&bootstrap));
+        let mut frozen = Frozen::freeze(kafka.container_id().expect("a private broker"));
         // The generation goes on, far beyond what 64 KiB in flight lets the reader send.
         append(&live, &long_lines("frz", before, old_end));
         setup.wait_metric("sluice_shipper_inflight_bytes", WAIT, |v| v >= 64.0 * 1024.0);
