@@ -322,7 +322,9 @@ async fn row6_one_of_two_indexer_replicas_sigkilled_mid_batch() {
     let mut victim = p.indexer_via("a", &link.url);
     let mut survivor = p.indexer("b");
     let mut shipper = p.shipper();
-    let mut lg = p.loadgen(RATE, ROTATE, &[]);
+    // 16 streams keyed by random pod uids: the chance that the victim's two of four partitions
+    // get none of them is 2^-16 (with 8 streams and uids differing in one digit it was 1 in 4).
+    let mut lg = p.loadgen(RATE, ROTATE, &["--pods=8"]);
     let before = es_reaches(&p, 2000, "indexing before the kill").await;
     for i in [&victim, &survivor] {
         i.wait_metric("sluice_indexer_assigned_partitions", Duration::from_secs(60), |v| v >= 1.0).await;

@@ -206,9 +206,9 @@ metrics:
             .arg(format!("--run-id={run_id}"))
             .arg(format!("--rate={rate}"))
             .arg(format!("--rotate-bytes={rotate_bytes}"))
-            .args(["--pods=4", "--containers=2", "--format=mixed", "--manifest-interval=500ms", "--progress=never"])
+            .args(["--format=mixed", "--manifest-interval=500ms", "--progress=never"])
             .args(
-                ["--keep-files=30", "--partial-every=400", "--multiline-every=150"]
+                ["--pods=4", "--containers=2", "--keep-files=30", "--partial-every=400", "--multiline-every=150"]
                     .into_iter()
                     // An option given in `extra` replaces the default (clap refuses it twice).
                     .filter(|d| !extra.iter().any(|e| e.split('=').next() == d.split('=').next())),
