@@ -93,6 +93,9 @@ pub struct KafkaConfig {
     pub partitions: u32,
     /// Replication factor of the topics `setup` creates; unset = the brokers' `default.replication.factor`.
     pub replication_factor: Option<u16>,
+    /// `min.insync.replicas` of the topics `setup` creates: with the shipper's `acks=all`, a write
+    /// is acknowledged only once this many replicas have it. Unset = the brokers' default.
+    pub min_insync_replicas: Option<u16>,
     /// Group session timeout (`session.timeout.ms`).
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
@@ -136,6 +139,7 @@ impl Default for KafkaConfig {
             group_id: "sluice-indexer".into(),
             partitions: 12,
             replication_factor: None,
+            min_insync_replicas: None,
             session_timeout: Duration::from_secs(45),
             max_poll_interval: Duration::from_secs(300),
             // Shutdown waits this long once; with the commit and leaving the group it must fit
@@ -158,6 +162,14 @@ impl Validate for KafkaConfig {
         p.check(!self.group_id.is_empty(), "group_id", "must not be empty");
         p.check(self.partitions >= 1, "partitions", "must be at least 1");
         p.check(self.replication_factor != Some(0), "replication_factor", "must be at least 1 (or unset)");
+        p.check(self.min_insync_replicas != Some(0), "min_insync_replicas", "must be at least 1 (or unset)");
+        if let (Some(min), Some(rf)) = (self.min_insync_replicas, self.replication_factor) {
+            p.check(
+                min <= rf,
+                "min_insync_replicas",
+                &format!("must not exceed replication_factor ({rf}): no write with acks=all could succeed"),
+            );
+        }
         p.check(self.session_timeout >= Duration::from_secs(1), "session_timeout", "must be at least 1s");
         p.check(!self.commit_interval.is_zero(), "commit_interval", "must be positive");
         p.check(self.prefetch_bytes.0 >= 1024, "prefetch_bytes", "must be at least 1KiB");
@@ -715,6 +727,17 @@ mod tests {
         std::io::Write::write_all(&mut file, b"kafka:\n  properties:\n    group.id: x\n").unwrap();
         let problems = load::<IndexerConfig>(Some(file.path()), Vec::new(), &[]).unwrap_err().problems();
         assert!(problems.iter().any(|p| p.starts_with("kafka.properties.group.id:")), "{problems:?}");
+    }
+
+    #[test]
+    fn min_insync_replicas_above_the_replication_factor_is_refused() {
+        let problems = load_with(&["kafka.replication_factor=2", "kafka.min_insync_replicas=3"], &[]).unwrap_err();
+        assert!(problems.iter().any(|p| p.starts_with("kafka.min_insync_replicas:")), "{problems:?}");
+        assert!(load_with(&["kafka.min_insync_replicas=0"], &[]).is_err());
+        let c = load_with(&["kafka.replication_factor=3", "kafka.min_insync_replicas=2"], &[]).unwrap();
+        assert_eq!(c.kafka.min_insync_replicas, Some(2));
+        // With the brokers' replication factor (unset) it cannot be checked here.
+        assert!(load_with(&["kafka.min_insync_replicas=2"], &[]).is_ok());
     }
 
     #[test]

@@ -99,8 +99,12 @@ pub async fn create_topics(config: &IndexerConfig) -> Result<Vec<(String, TopicS
     // -1: the brokers' default.replication.factor (KIP-464).
     let replication = config.kafka.replication_factor.map_or(-1, i32::from);
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let records =
+    let min_isr = config.kafka.min_insync_replicas.map(|m| m.to_string());
+    let mut records =
         NewTopic::new(&config.kafka.topic, config.kafka.partitions as i32, TopicReplication::Fixed(replication));
+    if let Some(min) = &min_isr {
+        records = records.set("min.insync.replicas", min);
+    }
     let mut results = match admin.create_topics([&records], &options).await {
         Ok(results) => results,
         Err(err) => return Err(watch.failure().map_or(SetupError::Kafka(err), SetupError::Security)),
@@ -116,6 +120,9 @@ pub async fn create_topics(config: &IndexerConfig) -> Result<Vec<(String, TopicS
     );
     if let Some(max) = &dlq_max_text {
         dlq = dlq.set("max.message.bytes", max);
+    }
+    if let Some(min) = &min_isr {
+        dlq = dlq.set("min.insync.replicas", min);
     }
     results.extend(admin.create_topics([&dlq], &options).await?);
     let mut report = Vec::new();

@@ -196,6 +196,13 @@ async fn chart_lints_renders_and_every_values_combination_validates_server_side(
             // Namespace labels on: the extra ClusterRole on namespaces.
             find(&docs, "ClusterRole", "sluice-shipper-namespaces");
         }
+        if name == "external-kafka" {
+            // Topic durability reaches the setup hook's configuration.
+            let setup_yaml = find(&docs, "ConfigMap", "sluice-setup")["data"]["indexer.yaml"].as_str().unwrap();
+            let setup_cfg: serde_json::Value = serde_yaml_ng::from_str(setup_yaml).expect("indexer.yaml");
+            assert_eq!(setup_cfg["kafka"]["replication_factor"], 3, "{setup_yaml}");
+            assert_eq!(setup_cfg["kafka"]["min_insync_replicas"], 2, "{setup_yaml}");
+        }
         if name == "keda" {
             let so = find(&docs, "ScaledObject", "sluice-indexer");
             assert!(so["spec"]["maxReplicaCount"].as_i64().unwrap() <= 12, "maxReplicas ≤ partitions");
@@ -220,6 +227,7 @@ async fn chart_lints_renders_and_every_values_combination_validates_server_side(
         "must not exceed topics.partitions",
     );
     refused(&["indexer.replicas=20"], "must not exceed topics.partitions");
+    refused(&["topics.replicationFactor=2", "topics.minInsyncReplicas=3"], "must not exceed topics.replicationFactor");
     refused(&["indexer.terminationGracePeriodSeconds=20"], "must exceed indexer.revokeTimeoutSeconds");
     refused(&["indexer.replica=3"], "additional properties 'replica' not allowed");
     refused(&["kafka.enabled=false"], "needs externalKafka.brokers");

@@ -200,6 +200,40 @@ async fn setup_sizes_the_dead_letter_topic_above_the_records_topic() {
     assert_eq!(config(names.dlq.clone()).await, (3_000_000 + 64 * 1024).to_string());
 }
 
+/// `kafka.min_insync_replicas` is set by `setup` on both topics it creates (as a topic override,
+/// not the brokers' default), so `acks=all` means that many copies whatever the brokers say.
+#[tokio::test]
+async fn setup_sets_min_insync_replicas_on_both_topics() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let kafka = kafka().await;
+    let search = elasticsearch().await;
+    let admin: AdminClient<DefaultClientContext> = kafka.client_config().create().expect("admin");
+    let min_isr = async |topic: &str| {
+        let resources = admin
+            .describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+            .await
+            .expect("describe_configs");
+        let resource = resources.into_iter().next().unwrap().expect("topic config");
+        let entry = resource.get("min.insync.replicas").expect("min.insync.replicas");
+        (entry.value.clone().unwrap_or_default(), matches!(entry.source, ConfigSource::DynamicTopic))
+    };
+    // Unset: the brokers' default.
+    let names = Names::new("it-dlv-isr0");
+    setup(&env(&kafka, &search, &names));
+    assert!(!min_isr(&names.topic).await.1, "no topic override when unset");
+    // Set: a per-topic override on the records and the dead-letter topic. (One broker: 1 is the
+    // only value a write could meet.)
+    let names = Names::new("it-dlv-isr1");
+    let mut env = env(&kafka, &search, &names);
+    set(&mut env, "SLUICE_KAFKA__REPLICATION_FACTOR", "1");
+    set(&mut env, "SLUICE_KAFKA__MIN_INSYNC_REPLICAS", "1");
+    setup(&env);
+    for topic in [&names.topic, &names.dlq] {
+        assert_eq!(min_isr(topic).await, ("1".to_owned(), true), "{topic}: a topic override");
+    }
+}
+
 /// Scenarios 14 and 18: a record for an index that refuses writes (`index.blocks.write`) is
 /// retried as blocked; it must neither hold the only concurrency slot (everything else is
 /// indexed meanwhile) nor be retried forever: after `retry.give_up_after` it is dead-lettered

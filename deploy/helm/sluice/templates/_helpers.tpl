@@ -233,6 +233,12 @@ SLUICE_KAFKA__SECURITY__SASL__USERNAME / __PASSWORD (`kafka.security.sasl.*`).
 {{- if $v.topics.replicationFactor -}}
 {{- $_ := set $kafka "replication_factor" (int $v.topics.replicationFactor) -}}
 {{- end -}}
+{{- if $v.topics.minInsyncReplicas -}}
+{{- if and $v.topics.replicationFactor (gt (int $v.topics.minInsyncReplicas) (int $v.topics.replicationFactor)) -}}
+{{- fail (printf "topics.minInsyncReplicas (%d) must not exceed topics.replicationFactor (%d): no acks=all write could succeed" (int $v.topics.minInsyncReplicas) (int $v.topics.replicationFactor)) -}}
+{{- end -}}
+{{- $_ := set $kafka "min_insync_replicas" (int $v.topics.minInsyncReplicas) -}}
+{{- end -}}
 {{- $cfg := dict "kafka" $kafka "elasticsearch" $es
       "dead_letter" (dict "topic" $v.topics.deadLetter "partitions" (int $v.topics.deadLetterPartitions))
       "retention" (dict "days" (int $v.elasticsearch.retentionDays))
