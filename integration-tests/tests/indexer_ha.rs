@@ -418,18 +418,24 @@ async fn a_kafka_broker_restart_mid_stream_loses_and_duplicates_nothing() {
     let search = elasticsearch().await;
     let names = Names::new("it-ha-broker");
     let mut env = env(&kafka, &search, &names);
-    set(&mut env, "SLUICE_BATCH__MAX_DOCS", "500");
+    // One `_bulk` of 200 at a time: the first 60 000 records take seconds to index, so the outage
+    // lands among them. (With 20 000 records and four concurrent 500-document `_bulk`s all of them
+    // were indexed within one refresh interval of the first 2 000 being counted, in a CI run.)
+    set(&mut env, "SLUICE_BATCH__MAX_DOCS", "200");
+    set(&mut env, "SLUICE_CONCURRENCY__MIN", "1");
+    set(&mut env, "SLUICE_CONCURRENCY__INITIAL", "1");
+    set(&mut env, "SLUICE_CONCURRENCY__MAX", "1");
     setup(&env);
-    let total = 30_000;
+    let (total, first) = (70_000, 60_000);
     let records = records(total, 2, 32, "broker");
-    produce(&producer(&kafka), &names.topic, &records[..20_000]).await;
+    produce(&producer(&kafka), &names.topic, &records[..first]).await;
 
     let mut indexer = Indexer::spawn(&env, "it-ha-broker");
     wait_at_least(&search, &names.indices(), 2000, &indexer).await;
     // The outage hits mid-stream: most records are still to be indexed (and nothing is committed
     // while the broker is away, although prefetched records may still be indexed).
     let before = count(&search, &names.indices()).await.unwrap_or(0);
-    assert!(before < 20_000, "all {before} records were indexed before the broker stopped: not mid-stream");
+    assert!(before < first as u64, "all {before} records were indexed before the broker stopped: not mid-stream");
     kafka.stop().await;
     tokio::time::sleep(Duration::from_secs(15)).await;
     assert!(indexer.is_running(), "the indexer must ride out a broker outage:\n{}", indexer.log_tail());
@@ -438,7 +444,7 @@ async fn a_kafka_broker_restart_mid_stream_loses_and_duplicates_nothing() {
         || indexer.metric_sum("sluice_indexer_commits_total{result=\"error\"}") > 0.0;
     assert!(noticed, "the indexer did not notice the broker outage:\n{}", indexer.log_tail());
     kafka.start().await;
-    produce(&producer(&kafka), &names.topic, &records[20_000..]).await;
+    produce(&producer(&kafka), &names.topic, &records[first..]).await;
     wait_count(&search, &names.indices(), total as u64, Duration::from_secs(180), &[&indexer]).await;
     wait_committed_to_end(&kafka, &names.group, &names.topic, Duration::from_secs(90)).await;
     assert_stays(&search, &names.indices(), total as u64).await;
