@@ -46,6 +46,23 @@ enum Command {
     },
 }
 
+/// jemalloc for the whole process, librdkafka's C allocations included (`unprefixed_malloc…`: it
+/// provides `malloc`/`free`). Every produced record is allocated by the read thread and freed by
+/// librdkafka's broker thread; with glibc's arenas those cross-thread frees made `malloc` and
+/// `malloc_consolidate` a third of the read thread's time (BENCHMARKS.md, issue #16).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's built-in options (`MALLOC_CONF` in the environment still applies on top). One arena
+/// instead of four per core: the few threads that allocate share it, and the resident set stays
+/// within ~1 MiB of glibc's (BENCHMARKS.md, issue #16) at the same CPU cost as the default.
+///
+/// jemalloc reads the C symbol `malloc_conf` (a `const char *`) at its first allocation; exporting
+/// it is the documented way to set options in the binary, hence the one `unsafe` attribute.
+#[allow(non_upper_case_globals, unsafe_code)]
+#[unsafe(export_name = "malloc_conf")]
+pub static malloc_conf: &u8 = &b"narenas:1\0"[0];
+
 fn main() -> ExitCode {
     enrich::watch::install_crypto_provider();
     let cli = Cli::parse();
