@@ -12,6 +12,7 @@
 //!   file-realm user); [`search_cluster`]: private Elasticsearch nodes forming one cluster.
 //! - [`unique_name`]: topic, group and index names that never collide between tests or runs;
 //!   [`sweep`] deletes what earlier, finished test processes left on a long-lived stack.
+//! - [`binaries`]: the workspace's binaries, refused when missing or older than their sources.
 //! - [`metric_names`]: the metric names the binaries declare (from their sources), so that a
 //!   helper reading an absent series as 0 can still refuse a name no binary has.
 //!
@@ -34,6 +35,7 @@ use testcontainers::core::WaitFor;
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
+pub mod binaries;
 pub mod helm;
 pub mod kube;
 pub mod metric_names;

@@ -41,12 +41,10 @@ fn combinations() -> Vec<(&'static str, Option<PathBuf>, Vec<&'static str>)> {
     ]
 }
 
-/// A binary of the workspace next to the test executable (`target/<profile>/`).
+/// A binary of the workspace next to the test executable (`target/<profile>/`), refused when older
+/// than its sources.
 fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let bin = exe.parent().and_then(|deps| deps.parent()).expect("target dir").join(name);
-    assert!(bin.exists(), "{} is missing: cargo build --workspace --bins (./dev test does)", bin.display());
-    bin
+    sluice_integration_tests::binaries::workspace_binary(name)
 }
 
 /// Installs the CRDs of the optional objects and waits until they are served.

@@ -115,7 +115,9 @@ fn build_image() {
     let exe = std::env::current_exe().expect("test executable");
     let bin_dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
     for b in ["sluice", "sluice-shipper", "sluice-indexer"] {
-        assert!(bin_dir.join(b).exists(), "{b} missing in {}: cargo build --workspace --bins", bin_dir.display());
+        // Present and newer than its sources: the image must hold what the tree says.
+        let bin = sluice_integration_tests::binaries::workspace_binary(b);
+        assert_eq!(bin.parent(), Some(bin_dir), "{b}: the image is built from {}", bin_dir.display());
     }
     let started = Instant::now();
     let bins = bin_dir.display().to_string();

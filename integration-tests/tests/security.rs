@@ -50,10 +50,7 @@ sluice_viewer:
 
 /// A binary next to the test executable (`target/<profile>/`; `./dev test` builds them first).
 fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let bin = exe.parent().and_then(Path::parent).expect("target dir").join(name);
-    assert!(bin.exists(), "{} is missing: `cargo build --workspace --bins` first (./dev test does)", bin.display());
-    bin
+    sluice_integration_tests::binaries::workspace_binary(name)
 }
 
 type Env = Vec<(String, String)>;

@@ -127,67 +127,11 @@ pub async fn produce(producer: &FutureProducer, topic: &str, records: &[TestReco
     }
 }
 
-/// Path of the `sluice-indexer` binary next to the test executable (`target/<profile>/`), or
-/// `SLUICE_INDEXER_BIN` (e.g. to run the tests against an older build).
+/// Path of the `sluice-indexer` binary next to the test executable (`target/<profile>/`), refused
+/// when older than its sources, or `SLUICE_INDEXER_BIN` (e.g. to run the tests against an older
+/// build): [`sluice_integration_tests::binaries`].
 pub fn indexer_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("SLUICE_INDEXER_BIN") {
-        return PathBuf::from(bin);
-    }
-    let exe = std::env::current_exe().expect("test executable");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
-    let bin = dir.join("sluice-indexer");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (`cargo build -p sluice-indexer`, or the README's test command)",
-        bin.display()
-    );
-    // `cargo test -p sluice-integration-tests` does not rebuild another package's binary: a test
-    // must not silently run an old build against new sources.
-    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
-    let sources = ["indexer/src", "indexer/Cargo.toml", "common/src", "common/Cargo.toml", "Cargo.lock"]
-        .map(|p| workspace.join(p));
-    if let Some(newer) = newer_source(&bin, &sources) {
-        panic!(
-            "{} is older than {}: rebuild it (`cargo build -p sluice-indexer`), or set SLUICE_INDEXER_BIN to run \
-             another build on purpose",
-            bin.display(),
-            newer.display()
-        );
-    }
-    bin
-}
-
-/// A file under `sources` (files or directories, recursively) modified after `binary`, if any.
-pub fn newer_source(binary: &std::path::Path, sources: &[PathBuf]) -> Option<PathBuf> {
-    let built = std::fs::metadata(binary).and_then(|m| m.modified()).expect("binary mtime");
-    let mut stack: Vec<PathBuf> = sources.to_vec();
-    while let Some(path) = stack.pop() {
-        let Ok(meta) = std::fs::metadata(&path) else { continue };
-        if meta.is_dir() {
-            stack.extend(std::fs::read_dir(&path).into_iter().flatten().flatten().map(|e| e.path()));
-        } else if meta.modified().is_ok_and(|m| m > built) {
-            return Some(path);
-        }
-    }
-    None
-}
-
-#[test]
-fn a_binary_older_than_its_sources_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let (bin, src) = (dir.path().join("sluice-indexer"), dir.path().join("src"));
-    std::fs::create_dir_all(src.join("bulk")).unwrap();
-    std::fs::write(src.join("bulk/deliver.rs"), "").unwrap();
-    std::fs::write(&bin, "").unwrap();
-    let at = |path: &std::path::Path, secs: u64| {
-        let time = std::time::UNIX_EPOCH + Duration::from_secs(secs);
-        std::fs::File::options().write(true).open(path).unwrap().set_modified(time).unwrap();
-    };
-    at(&src.join("bulk/deliver.rs"), 1_000);
-    at(&bin, 2_000);
-    assert_eq!(newer_source(&bin, std::slice::from_ref(&src)), None, "fresh binary");
-    at(&src.join("bulk/deliver.rs"), 3_000);
-    assert_eq!(newer_source(&bin, std::slice::from_ref(&src)), Some(src.join("bulk/deliver.rs")), "stale binary");
+    sluice_integration_tests::binaries::workspace_binary("sluice-indexer")
 }
 
 /// Environment for an indexer of this test.

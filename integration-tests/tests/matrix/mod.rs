@@ -33,17 +33,10 @@ pub async fn row_slot() -> SemaphorePermit<'static> {
     ROWS.acquire().await.expect("the row semaphore is never closed")
 }
 
-/// `target/<profile>/<name>`, next to the test executable's `deps/`.
+/// `target/<profile>/<name>`, next to the test executable's `deps/`, refused when older than its
+/// sources ([`sluice_integration_tests::binaries`]).
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
-    let bin = dir.join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (`./dev test` does)",
-        bin.display()
-    );
-    bin
+    sluice_integration_tests::binaries::workspace_binary(name)
 }
 
 /// Polls `probe` every 200 ms until it returns `Some`, or panics after `timeout` with `what` and
