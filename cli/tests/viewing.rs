@@ -666,7 +666,8 @@ async fn top_kafka_lag_matches_the_group() {
     eprintln!("top --kafka: {:.1} s", started.elapsed().as_secs_f64());
 }
 
-/// On a real terminal (tmux): prefixes coloured per pod, `--no-color` plain, Ctrl-C ends `-f` with 130.
+/// On a real terminal (tmux): prefixes coloured per pod, `--no-color` plain, Ctrl-C ends `-f` with 130;
+/// `top` redraws its frame in place each interval and Ctrl-C ends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminal_colours_and_ctrl_c() {
     let started = Instant::now();
@@ -727,6 +728,22 @@ async fn terminal_colours_and_ctrl_c() {
     let pane = wait_pane("plain", "EXIT=0");
     assert!(pane.contains("shop/web-0/nginx hello from web-0"), "{pane}");
     assert!(!pane.contains("\x1b[3") && !pane.contains("\x1b[9"), "--no-color printed colours: {pane:?}");
+    // `top` on a terminal refreshes in place: the screen is redrawn each interval (not appended),
+    // and a record indexed meanwhile shows in the next frame.
+    let cmd = format!(
+        "env ELASTICSEARCH_URL={} {BIN} top --index {index} --since 15m --interval 1s; echo EXIT=$?; sleep 120",
+        es.url
+    );
+    tmux(&["new-session", "-d", "-s", "top", "-x", "160", "-y", "20", &cmd]);
+    let pane = wait_pane("top", ": 2 lines, ");
+    assert!(pane.contains("shop") && pane.contains("LINES/S"), "{pane}");
+    bulk(&es, &index, &[rec("t-2", t0 + TimeDelta::milliseconds(20), "shop", "web-0", "nginx", "stdout", "again")])
+        .await;
+    let pane = wait_pane("top", ": 3 lines, ");
+    assert!(!pane.contains(": 2 lines, "), "the old frame stayed on screen:\n{pane}");
+    assert_eq!(pane.matches("LINES/S").count(), 1, "frames appended instead of redrawn:\n{pane}");
+    tmux(&["send-keys", "-t", "top", "C-c"]);
+    wait_pane("top", "EXIT=130");
     tmux(&["kill-server"]);
     delete_index(&es, &index).await;
     eprintln!("terminal: {:.1} s", started.elapsed().as_secs_f64());

@@ -275,3 +275,19 @@ fn five_hundred_files_at_full_speed_stay_under_16_mib_of_heap_and_the_inflight_l
     assert!(max_inflight <= limit + 1024.0, "{max_inflight} bytes in flight with a 4 MiB limit");
     assert_eq!(fs::read_to_string(&out).unwrap().lines().count() as f64, total);
 }
+
+/// The binary allocates with jemalloc, one arena (BENCHMARKS.md, issue #16: glibc's allocator was a
+/// third of the read thread): jemalloc's own statistics, asked for through `MALLOC_CONF` (read by the
+/// unprefixed build that also serves librdkafka's C `malloc`), show its options.
+#[test]
+fn the_process_allocator_is_jemalloc_with_one_arena() {
+    let out = Command::new(BIN)
+        .arg("--version")
+        .env("MALLOC_CONF", "stats_print:true")
+        .output()
+        .expect("run sluice-shipper --version");
+    assert!(out.status.success());
+    let stats = String::from_utf8_lossy(&out.stderr);
+    assert!(stats.contains("jemalloc statistics"), "no jemalloc statistics: {stats}");
+    assert!(stats.contains("opt.narenas: 1\n"), "not one arena: {stats}");
+}
