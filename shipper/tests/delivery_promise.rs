@@ -818,12 +818,13 @@ async fn lagging_generation_gzipped_while_the_broker_is_frozen_is_read_to_the_en
                 let m = |s: &str| setup.metric_opt(s).unwrap_or(-1.0);
                 panic!(
                     "only {} of {new_end} records in Kafka within 180 s of the thaw; the shipper read {}, Kafka \
-                     acknowledged {}, {} bytes in flight, {} files given up for deleted_grace",
+                     acknowledged {}, {} bytes in flight, {} files given up for deleted_grace; {}",
                     collector.unique(),
                     m("sluice_shipper_records_total"),
                     m("sluice_shipper_kafka_delivered_records_total"),
                     m("sluice_shipper_inflight_bytes"),
                     given_up("deleted_grace"),
+                    common::kafka_support::census(&bootstrap, &topic),
                 );
             }
             std::thread::sleep(Duration::from_millis(100));

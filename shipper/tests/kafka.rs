@@ -247,12 +247,13 @@ async fn broker_outage_with(
             let m = |s: &str| setup.metric_opt(s).unwrap_or(-1.0);
             panic!(
                 "only {} of {total} records consumed within 180 s after the broker came back; the shipper \
-                 read {} records, Kafka acknowledged {}, {} retried, {} bytes in flight",
+                 read {} records, Kafka acknowledged {}, {} retried, {} bytes in flight; {}",
                 collector.unique(),
                 m("sluice_shipper_records_total"),
                 m("sluice_shipper_kafka_delivered_records_total"),
                 m("sluice_shipper_kafka_retries_total"),
                 m("sluice_shipper_inflight_bytes"),
+                common::kafka_support::census(&bootstrap, &topic),
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

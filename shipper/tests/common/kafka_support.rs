@@ -350,3 +350,54 @@ impl std::ops::DerefMut for KillOnDrop {
         &mut self.0
     }
 }
+
+/// What a topic holds, read by a client made now (for the message of a failed wait): each
+/// partition's offsets, and the distinct record ids a fresh consumer reads up to those ends.
+/// It tells a consumer that stopped fetching from records that never reached the log.
+pub fn census(bootstrap: &str, topic: &str) -> String {
+    let consumer: BaseConsumer = match ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique_name("census"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+    {
+        Ok(c) => c,
+        Err(e) => return format!("census: no consumer: {e}"),
+    };
+    let partitions = match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+        Ok(md) => md.topics()[0].partitions().len() as i32,
+        Err(e) => return format!("census: no metadata: {e}"),
+    };
+    let mut ends = Vec::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        match consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+            Ok((lo, hi)) => ends.push((p, lo, hi)),
+            Err(e) => return format!("census: partition {p}: no watermarks: {e}"),
+        }
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+    let (mut ids, mut msgs, mut errors) = (std::collections::HashSet::new(), 0u64, Vec::new());
+    let mut reached: HashMap<i32, i64> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && ends.iter().any(|&(p, _, hi)| reached.get(&p).copied().unwrap_or(0) < hi) {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                msgs += 1;
+                reached.insert(m.partition(), m.offset() + 1);
+                if let Some(h) = m.headers().and_then(|h| h.iter().find(|h| h.key == "sluice.id")) {
+                    ids.insert(String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned());
+                }
+            }
+            Some(Err(e)) if errors.len() < 5 => errors.push(e.to_string()),
+            _ => {}
+        }
+    }
+    format!(
+        "census by a new client: offsets (partition, low, high) {ends:?}; it read {msgs} messages, {} distinct ids, \
+         reached {reached:?}, errors {errors:?}",
+        ids.len()
+    )
+}
