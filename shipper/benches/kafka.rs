@@ -126,10 +126,15 @@ fn thread_cpu(pid: u32) -> String {
 }
 
 fn proc_hwm_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmHWM:")
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmHWM:`, `RssAnon:`, `RssFile:`), 0 when absent.
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
@@ -147,15 +152,21 @@ fn metric(port: u16, series: &str) -> Option<f64> {
 
 impl Bench {
     fn kcat(&self, round: usize) -> Figures {
-        let topic = format!("bench-kcat-{}-{round}", std::process::id());
-        create_topic(&topic);
+        self.kcat_file(&format!("bench-kcat-{}-{round}", std::process::id()), &self.flat, &[])
+    }
+
+    /// kcat producing `file` (one message per line) to a new topic; `extra` are more kcat arguments.
+    fn kcat_file(&self, topic: &str, file: &Path, extra: &[&str]) -> Figures {
+        create_topic(topic);
         let start = Instant::now();
         let out = Command::new("/usr/bin/time")
-            .args(["-f", "%e %U %S %M", "kcat", "-P", "-b", &self.bootstrap, "-t", &topic])
+            .args(["-f", "%e %U %S %M", "kcat", "-P", "-b", &self.bootstrap, "-t", topic])
             .args(["-X", &format!("compression.type={}", self.compression), "-X", "acks=all"])
             .args(["-X", "enable.idempotence=true", "-X", "linger.ms=10", "-X", "batch.size=1048576"])
-            .args(["-X", "queue.buffering.max.messages=1000000", "-l"])
-            .arg(&self.flat)
+            .args(["-X", "queue.buffering.max.messages=1000000"])
+            .args(extra)
+            .arg("-l")
+            .arg(file)
             .stderr(Stdio::piped())
             .output()
             .expect("kcat (apt-get install kcat)");
@@ -166,6 +177,38 @@ impl Bench {
         let v: Vec<f64> = last.split_whitespace().filter_map(|x| x.parse().ok()).collect();
         assert_eq!(v.len(), 4, "unexpected /usr/bin/time output: {err}");
         Figures { secs, cpu: v[1] + v[2], rss_kib: v[3] as u64 }
+    }
+
+    /// kcat producing the shipper's own messages: the documents the shipper published in `round`
+    /// (read back with `kcat -C`), with their keys and four headers of the contract's sizes. What
+    /// librdkafka and the codec cost for the Kafka message contract's bytes and message count, with
+    /// no reading, parsing or enrichment: the bound a one-document-per-message shipper works under.
+    fn kcat_documents(&self, round: usize) -> Figures {
+        let docs = self.work.join("documents.tsv");
+        if !docs.exists() {
+            let from = format!("bench-shipper-{}-{round}", std::process::id());
+            let out = File::create(&docs).unwrap();
+            let status = Command::new("kcat")
+                .args(["-C", "-b", &self.bootstrap, "-t", &from, "-e", "-q", "-f", "%k\t%s\n"])
+                .stdout(out)
+                .status()
+                .expect("kcat -C");
+            assert!(status.success(), "kcat -C of {from} failed");
+        }
+        let topic = format!("bench-kcat-docs-{}-{round}", std::process::id());
+        let headers = [
+            "-K",
+            "\t",
+            "-H",
+            "sluice.id=0f3c9a1e2b4d5f60718293a4b5c6d7e8-104857600",
+            "-H",
+            "sluice.ts=2026-12-03T12:00:00.123456789Z",
+            "-H",
+            "sluice.ns=bench-ns1",
+            "-H",
+            "sluice.v=1",
+        ];
+        self.kcat_file(&topic, &docs, &headers)
     }
 
     fn shipper(&self, round: usize) -> Figures {
@@ -195,10 +238,21 @@ impl Bench {
             .expect("sluice-shipper");
         let pid = child.id();
         let deadline = Instant::now() + Duration::from_secs(600);
+        // Peak resident memory split into heap and other anonymous memory (`RssAnon`) and mapped
+        // files, mostly the binary's code (`RssFile`), sampled with each poll: what the allocator and
+        // the in-flight records cost apart from code pages.
+        let (mut anon_kib, mut file_kib) = (0, 0);
         let (secs, cpu, rss_kib) = loop {
+            anon_kib = anon_kib.max(proc_status_kib(pid, "RssAnon:"));
+            file_kib = file_kib.max(proc_status_kib(pid, "RssFile:"));
             let delivered = metric(port, "sluice_shipper_kafka_delivered_records_total").unwrap_or(0.0);
             if delivered as u64 >= self.lines {
                 println!("  shipper threads (CPU s): {}", thread_cpu(pid));
+                println!(
+                    "  shipper peak RssAnon {:.1} MiB, peak RssFile {:.1} MiB (sampled every 20 ms)",
+                    anon_kib as f64 / 1024.0,
+                    file_kib as f64 / 1024.0
+                );
                 if self.kubeconfig.is_some() {
                     let hits = metric(port, "sluice_shipper_enrich_hits_total").unwrap_or(0.0);
                     println!("  records enriched from the pod watch: {hits}");
@@ -281,7 +335,7 @@ fn main() {
     );
     println!("{} pods in the pod store: enrichment {}", pods.len(), if kubeconfig.is_some() { "on" } else { "off" });
     let bench = Bench { bootstrap, kubeconfig, lines, bytes, root, flat, work: work.path().to_owned(), compression };
-    let (mut k, mut s) = (Vec::new(), Vec::new());
+    let (mut k, mut s, mut d) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         // Alternate the order so neither always runs on a warmer broker.
         let (a, b) = if round % 2 == 0 {
@@ -291,9 +345,10 @@ fn main() {
             let b = bench.shipper(round);
             (bench.kcat(round), b)
         };
-        for (name, f) in [("kcat -P", a), ("sluice-shipper", b)] {
+        let c = bench.kcat_documents(round);
+        for (name, f) in [("kcat -P", a), ("sluice-shipper", b), ("kcat -P documents", c)] {
             println!(
-                "round {round} {name:>15}: {:>9.0} lines/s {:>6.1} MB/s  cpu {:>5.2} s ({:.2} s/100 MB)  peak RSS {:>6.1} MiB",
+                "round {round} {name:>17}: {:>9.0} lines/s {:>6.1} MB/s  cpu {:>5.2} s ({:.2} s/100 MB)  peak RSS {:>6.1} MiB",
                 bench.lines as f64 / f.secs,
                 bench.bytes as f64 / 1e6 / f.secs,
                 f.cpu,
@@ -303,6 +358,7 @@ fn main() {
         }
         k.push(a);
         s.push(b);
+        d.push(c);
     }
     let rate = |v: &[Figures]| median(v.iter().map(|f| bench.lines as f64 / f.secs).collect());
     let cpu = |v: &[Figures]| median(v.iter().map(|f| f.cpu / (bench.bytes as f64 / 1e8)).collect());
@@ -316,5 +372,12 @@ fn main() {
         cpu(&s),
         rss(&k),
         rss(&s)
+    );
+    println!(
+        "median: kcat producing the shipper's documents (keys, 4 headers) {:.0} lines/s = {:.0} % of kcat, CPU s/100 MB {:.2}, peak RSS {:.1} MiB",
+        rate(&d),
+        100.0 * rate(&d) / rate(&k),
+        cpu(&d),
+        rss(&d)
     );
 }

@@ -246,9 +246,10 @@ async fn broker_outage_with(
         if Instant::now() > deadline {
             let m = |s: &str| setup.metric_opt(s).unwrap_or(-1.0);
             panic!(
-                "only {} of {total} records consumed within 180 s after the broker came back; the shipper \
+                "only {} of {total} records consumed (by {} clients) within 180 s after the broker came back; the shipper \
                  read {} records, Kafka acknowledged {}, {} retried, {} bytes in flight; {}",
                 collector.unique(),
+                collector.clients(),
                 m("sluice_shipper_records_total"),
                 m("sluice_shipper_kafka_delivered_records_total"),
                 m("sluice_shipper_kafka_retries_total"),
