@@ -283,6 +283,15 @@ fn main() {
         eprintln!("set KAFKA_BOOTSTRAP_SERVERS (./dev services up prints it) to run this benchmark");
         std::process::exit(2);
     };
+    // The comparison needs kcat and GNU time; say so before minutes of setup rather than panic later.
+    for (tool, package) in [("kcat", "kcat"), ("/usr/bin/time", "time")] {
+        if Command::new(tool).arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+            eprintln!(
+                "`{tool}` is not installed (apt-get install {package}); this benchmark runs it beside the shipper"
+            );
+            std::process::exit(2);
+        }
+    }
     let lines: u64 = env_or("LINES", 1_000_000);
     let files: u64 = env_or("FILES", 500);
     let line_bytes: usize = env_or("LINE_BYTES", 200);
