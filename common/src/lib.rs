@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`schema`]: the Elasticsearch document (schema v1), Kafka headers and tags — the shipper →
 //!   indexer contract of `shared/DESIGN.md`. Nothing else defines these fields.
+//! - [`message`]: Kafka message contract v2, a frame line and record lines (several records per
+//!   message): the writer, the decoder, the round trip to the v1 document.
 //! - [`config`]: YAML + `SLUICE_…` environment + `--set` layering, `deny_unknown_fields`,
 //!   [`config::Validate`] with key paths.
 //! - [`secret`]: secret values (never printed) and their `*_file` alternatives.
@@ -16,6 +18,7 @@
 pub mod cli;
 pub mod config;
 pub mod kafka;
+pub mod message;
 pub mod schema;
 pub mod secret;
 pub mod server;

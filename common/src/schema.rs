@@ -50,6 +50,9 @@ pub mod header {
     pub const ERROR_REASON: &str = "sluice.error.reason";
     /// Dead-letter header: where the record came from, `topic/partition/offset`.
     pub const SOURCE: &str = "sluice.source";
+    /// Dead-letter header of a record that came in a contract-v2 message: its 0-based index among
+    /// the message's records (`sluice.source` names the message).
+    pub const SOURCE_RECORD: &str = "sluice.source.record";
 }
 
 /// Tags a record can carry when it was not delivered exactly as written (invariant 5).
@@ -317,6 +320,45 @@ pub struct DocumentFrame {
     tail: Vec<u8>,
     /// Tags written after the record's own (e.g. [`tag::METADATA_FROM_PATH`]).
     tags: Vec<String>,
+    /// The frame line of contract v2 (see [`crate::message`]), from the same parts.
+    line: Vec<u8>,
+}
+
+/// The serialised per-file parts of a document, from which a [`DocumentFrame`] is assembled (by
+/// [`DocumentFrame::new`] from a template, by [`DocumentFrame::from_line`] from a v2 frame line:
+/// one assembly, so both give the same bytes).
+struct FrameParts<'p> {
+    file: &'p [u8],
+    kubernetes: &'p [u8],
+    container: Option<&'p [u8]>,
+    host: &'p [u8],
+    agent: &'p [u8],
+    tags: Vec<String>,
+}
+
+/// A v2 frame line as read back: each part kept as the exact JSON text written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FrameLine<'a> {
+    #[serde(borrow)]
+    log: FrameLog<'a>,
+    #[serde(borrow)]
+    kubernetes: &'a serde_json::value::RawValue,
+    #[serde(borrow, default)]
+    container: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    host: &'a serde_json::value::RawValue,
+    #[serde(borrow)]
+    agent: &'a serde_json::value::RawValue,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FrameLog<'a> {
+    #[serde(borrow)]
+    file: &'a serde_json::value::RawValue,
 }
 
 /// The per-record fields of a document, for [`DocumentFrame::write`].
@@ -337,27 +379,82 @@ impl DocumentFrame {
     /// `host`, `agent` and `tags` (written after each record's own tags). `@timestamp`, `message`,
     /// `stream` and `log.offset` of the template are ignored.
     pub fn new(template: &Document<'_>) -> Self {
+        let (mut file, mut kubernetes, mut host, mut agent) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        json(&mut file, &template.log.file);
+        json(&mut kubernetes, &template.kubernetes);
+        let container = template.container.as_ref().map(|c| {
+            let mut out = Vec::new();
+            json(&mut out, c);
+            out
+        });
+        json(&mut host, &template.host);
+        json(&mut agent, &template.agent);
+        DocumentFrame::assemble(FrameParts {
+            file: &file,
+            kubernetes: &kubernetes,
+            container: container.as_deref(),
+            host: &host,
+            agent: &agent,
+            tags: template.tags.iter().map(|t| t.clone().into_owned()).collect(),
+        })
+    }
+
+    /// The frame of a contract-v2 frame line (as written by [`DocumentFrame::line`]). Every part is
+    /// kept as the exact JSON text of the line, so the documents written are byte for byte those
+    /// of the frame that wrote the line.
+    pub fn from_line(line: &[u8]) -> Result<Self, serde_json::Error> {
+        let f: FrameLine<'_> = serde_json::from_slice(line)?;
+        Ok(DocumentFrame::assemble(FrameParts {
+            file: f.log.file.get().as_bytes(),
+            kubernetes: f.kubernetes.get().as_bytes(),
+            container: f.container.map(|c| c.get().as_bytes()),
+            host: f.host.get().as_bytes(),
+            agent: f.agent.get().as_bytes(),
+            tags: f.tags,
+        }))
+    }
+
+    /// The frame line of contract v2: `{"log":{"file":…},"kubernetes":…[,"container":…],"host":…,
+    /// "agent":…[,"tags":[…]]}`, without a newline.
+    pub fn line(&self) -> &[u8] {
+        &self.line
+    }
+
+    fn assemble(p: FrameParts<'_>) -> Self {
         let middle = [Stream::Stdout, Stream::Stderr].map(|stream| {
-            let mut m = Vec::with_capacity(64 + template.log.file.path.len());
+            let mut m = Vec::with_capacity(64 + p.file.len());
             m.extend_from_slice(b",\"stream\":");
             json(&mut m, &stream);
             m.extend_from_slice(b",\"log\":{\"file\":");
-            json(&mut m, &template.log.file);
+            m.extend_from_slice(p.file);
             m.extend_from_slice(b",\"offset\":");
             m
         });
         let mut tail = Vec::with_capacity(256);
         tail.extend_from_slice(b"},\"kubernetes\":");
-        json(&mut tail, &template.kubernetes);
-        if let Some(container) = &template.container {
+        tail.extend_from_slice(p.kubernetes);
+        if let Some(container) = p.container {
             tail.extend_from_slice(b",\"container\":");
-            json(&mut tail, container);
+            tail.extend_from_slice(container);
         }
         tail.extend_from_slice(b",\"host\":");
-        json(&mut tail, &template.host);
+        tail.extend_from_slice(p.host);
         tail.extend_from_slice(b",\"agent\":");
-        json(&mut tail, &template.agent);
-        DocumentFrame { middle, tail, tags: template.tags.iter().map(|t| t.clone().into_owned()).collect() }
+        tail.extend_from_slice(p.agent);
+        let mut line = Vec::with_capacity(tail.len() + p.file.len() + 32);
+        line.extend_from_slice(b"{\"log\":{\"file\":");
+        line.extend_from_slice(p.file);
+        // `tail` without its leading `}` closes `log` and continues with the metadata parts.
+        line.extend_from_slice(&tail);
+        for (i, t) in p.tags.iter().enumerate() {
+            line.extend_from_slice(if i == 0 { b",\"tags\":[" } else { b"," });
+            write_json_str(&mut line, t);
+        }
+        if !p.tags.is_empty() {
+            line.push(b']');
+        }
+        line.push(b'}');
+        DocumentFrame { middle, tail, tags: p.tags, line }
     }
 
     /// Appends the document of one record to `out`: `record`'s fields, this frame's, and the tags
@@ -472,7 +569,7 @@ pub enum HeaderError {
     #[error("header `{0}` is not UTF-8")]
     NotUtf8(String),
     /// `sluice.v` names a version this build does not understand.
-    #[error("unsupported contract version `{0}` (this build reads version 1)")]
+    #[error("unsupported contract version `{0}` (this build reads versions 1 and 2)")]
     Version(String),
 }
 
@@ -669,7 +766,13 @@ mod tests {
             doc.stream = stream;
             doc.log.offset = offset;
             doc.tags = record_tags.iter().chain(&frame_tags).map(|t| Cow::Borrowed(t.as_str())).collect();
-            proptest::prop_assert_eq!(got, serde_json::to_vec(&doc).unwrap());
+            proptest::prop_assert_eq!(&got, &serde_json::to_vec(&doc).unwrap());
+            // Contract v2: the frame read back from its line writes the same bytes.
+            let back = DocumentFrame::from_line(frame.line()).unwrap();
+            proptest::prop_assert_eq!(&back, &frame);
+            let mut again = Vec::new();
+            back.write(&mut again, &fields, record_tags.iter().map(String::as_str));
+            proptest::prop_assert_eq!(again, got);
         }
     }
 
