@@ -218,7 +218,14 @@ mod tests {
         let mut enc = Encoder::new(&frame);
         let records = [
             ("a-0", "2026-11-27T00:17:09.669794202Z", "hello", Stream::Stdout, 0, vec![]),
-            ("a-95", "2026-11-27T23:59:59.999999999Z", "tab\there \"q\" \u{1}", Stream::Stderr, 95, vec![tag::MULTILINE]),
+            (
+                "a-95",
+                "2026-11-27T23:59:59.999999999Z",
+                "tab\there \"q\" \u{1}",
+                Stream::Stderr,
+                95,
+                vec![tag::MULTILINE],
+            ),
             ("a-200", "2026-11-28T00:00:00Z", "ünïcödé", Stream::Stdout, 200, vec![tag::TRUNCATED, tag::INVALID_UTF8]),
         ];
         let mut line = Vec::new();
@@ -238,7 +245,11 @@ mod tests {
             let mut v2 = Vec::new();
             rec.write_document(&decoded.frame, &mut v2);
             let mut v1 = Vec::new();
-            frame.write(&mut v1, &RecordFields { timestamp: ts, message: msg, stream: *stream, offset: *offset }, tags.iter().copied());
+            frame.write(
+                &mut v1,
+                &RecordFields { timestamp: ts, message: msg, stream: *stream, offset: *offset },
+                tags.iter().copied(),
+            );
             assert_eq!(String::from_utf8(v2).unwrap(), String::from_utf8(v1.clone()).unwrap());
             // And v1 is what serde writes for the whole document.
             let whole = Document {

@@ -4,6 +4,12 @@
 //! (`topic/partition/offset`). A record counts as settled only once the DLQ write is acknowledged
 //! (acks=all).
 //!
+//! A record of a contract-v2 message is dead-lettered alone, as a v1 message: its rebuilt document,
+//! its synthesized v1 headers (see [`crate::batch`]), the error and source headers, and
+//! `sluice.source.record` = its 0-based index in the message (written here from the [`Item`], after
+//! `sluice.source`; a `sluice.source.record` among the original headers, e.g. of a dead letter
+//! produced back into the records topic, is dropped like the other stale source and error headers).
+//!
 //! Every letter's write is acknowledged (or fails) on its own, so a retry re-sends only what
 //! failed. A letter the topic refuses as too large is written with its payload cut to a prefix and
 //! the header `sluice.truncated` = the original payload length (the key, headers and reason are
@@ -22,7 +28,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use sluice_common::kafka::{SecurityWatch, WatchContext};
 use sluice_common::schema::header;
 
-use crate::batch::{Batch, Item};
+use crate::batch::{Batch, Item, SideRecord};
 use crate::config::IndexerConfig;
 
 /// Longest `sluice.error.reason` written (Elasticsearch reasons can quote whole documents).
@@ -36,6 +42,10 @@ pub const TRUNCATED_HEADER: &str = "sluice.truncated";
 /// records topic can hold plus the letter's headers. The topic's own `max.message.bytes` may be
 /// smaller; then the letter is truncated (see [`TRUNCATED_HEADER`]).
 pub const PRODUCER_MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Headers of the original record not copied to its dead letter: the letter gets fresh ones.
+const STALE_HEADERS: [&str; 5] =
+    [header::ERROR_TYPE, header::ERROR_REASON, header::SOURCE, header::SOURCE_RECORD, TRUNCATED_HEADER];
 
 /// Why a letter was not written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,27 +142,14 @@ impl DeadLetters {
         for letter in letters {
             let original = batch.original(letter.item);
             let source = format!("{}/{}/{}", self.source_topic, letter.item.partition, letter.item.offset);
-            let reason = truncate(letter.reason, MAX_REASON_BYTES);
-            let mut headers = OwnedHeaders::new_with_capacity(original.headers.len() + 4);
-            for (name, value) in &original.headers {
-                if [header::ERROR_TYPE, header::ERROR_REASON, header::SOURCE, TRUNCATED_HEADER].contains(&name.as_str())
-                {
-                    continue; // a record dead-lettered again carries only its latest error
-                }
-                headers = headers.insert(Header { key: name, value: value.as_deref() });
-            }
-            headers = headers
-                .insert(Header { key: header::ERROR_TYPE, value: Some(letter.error_type) })
-                .insert(Header { key: header::ERROR_REASON, value: Some(reason) })
-                .insert(Header { key: header::SOURCE, value: Some(&source) });
-            let full = original.payload.unwrap_or_default();
+            let full = original.payload.as_deref().unwrap_or_default();
             let (payload, truncated) = match letter.max_payload {
                 Some(max) if full.len() > max => (&full[..max], true),
-                _ => (&full[..], false),
+                _ => (full, false),
             };
-            let original_len = full.len().to_string();
-            if truncated {
-                headers = headers.insert(Header { key: TRUNCATED_HEADER, value: Some(&original_len) });
+            let mut headers = OwnedHeaders::new_with_capacity(original.headers.len() + 5);
+            for (name, value) in letter_headers(&original, letter, &source, truncated.then_some(full.len())) {
+                headers = headers.insert(Header { key: &name, value: value.as_deref() });
             }
             let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).payload(payload).headers(headers);
             if let Some(key) = original.key.as_deref() {
@@ -205,6 +202,32 @@ impl DeadLetters {
     }
 }
 
+/// The headers of a letter, in order: the original record's (for a record of a contract-v2
+/// message, its synthesized v1 headers) without [`STALE_HEADERS`], then `sluice.error.type`,
+/// `sluice.error.reason` (cut to [`MAX_REASON_BYTES`]), `sluice.source`, `sluice.source.record`
+/// (records of v2 messages only) and [`TRUNCATED_HEADER`] (`truncated_from`: the original payload
+/// length, when the payload was cut).
+fn letter_headers(
+    original: &SideRecord,
+    letter: &Letter<'_>,
+    source: &str,
+    truncated_from: Option<usize>,
+) -> Vec<(String, Option<Vec<u8>>)> {
+    let mut headers: Vec<(String, Option<Vec<u8>>)> =
+        original.headers.iter().filter(|(name, _)| !STALE_HEADERS.contains(&name.as_str())).cloned().collect();
+    let mut add = |name: &str, value: &str| headers.push((name.to_owned(), Some(value.as_bytes().to_vec())));
+    add(header::ERROR_TYPE, letter.error_type);
+    add(header::ERROR_REASON, truncate(letter.reason, MAX_REASON_BYTES));
+    add(header::SOURCE, source);
+    if let Some(index) = letter.item.source_record() {
+        add(header::SOURCE_RECORD, &index.to_string());
+    }
+    if let Some(len) = truncated_from {
+        add(TRUNCATED_HEADER, &len.to_string());
+    }
+    headers
+}
+
 fn truncate(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
@@ -236,5 +259,89 @@ mod tests {
         assert_eq!(truncate("abc", 10), "abc");
         assert_eq!(truncate("aéb", 2), "a");
         assert_eq!(truncate("aéb", 3), "aé");
+    }
+
+    fn side(headers: &[(&str, &str)]) -> SideRecord {
+        SideRecord {
+            key: None,
+            headers: headers.iter().map(|(k, v)| ((*k).to_owned(), Some(v.as_bytes().to_vec()))).collect(),
+            payload: Some(b"{}".to_vec()),
+        }
+    }
+
+    fn item(record: u32, records: u32, from_v2: bool) -> Item {
+        Item {
+            partition: 2,
+            offset: 40,
+            epoch: 1,
+            doc: 0..0,
+            payload_start: 0,
+            side: 0..0,
+            rejected: None,
+            attempts: 0,
+            first_failure: None,
+            record,
+            records,
+            from_v2,
+        }
+    }
+
+    fn names(headers: &[(String, Option<Vec<u8>>)]) -> Vec<String> {
+        headers
+            .iter()
+            .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v.as_deref().unwrap_or_default())))
+            .collect()
+    }
+
+    #[test]
+    fn a_v2_record_letter_carries_its_v1_headers_and_its_index_once() {
+        let original = side(&[
+            (header::ID, "r-2"),
+            (header::TS, "2026-11-27T10:00:00Z"),
+            (header::NS, "default"),
+            (header::V, "1"),
+            ("traceparent", "x"),
+            (header::SOURCE_RECORD, "2"),
+        ]);
+        let item = item(2, 3, true);
+        let letter = Letter { item: &item, error_type: "mapper_parsing_exception", reason: "bad", max_payload: None };
+        assert_eq!(
+            names(&letter_headers(&original, &letter, "logs/2/40", None)),
+            [
+                "sluice.id=r-2",
+                "sluice.ts=2026-11-27T10:00:00Z",
+                "sluice.ns=default",
+                "sluice.v=1",
+                "traceparent=x",
+                "sluice.error.type=mapper_parsing_exception",
+                "sluice.error.reason=bad",
+                "sluice.source=logs/2/40",
+                "sluice.source.record=2",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_v1_letter_drops_stale_source_and_error_headers() {
+        // A dead letter produced back into the records topic, failing again.
+        let original = side(&[
+            (header::ID, "r"),
+            (header::ERROR_TYPE, "old"),
+            (header::SOURCE, "logs/0/1"),
+            (header::SOURCE_RECORD, "5"),
+            (TRUNCATED_HEADER, "99"),
+        ]);
+        let item = item(0, 1, false);
+        let letter = Letter { item: &item, error_type: "new", reason: "why", max_payload: Some(1) };
+        assert_eq!(
+            names(&letter_headers(&original, &letter, "logs/2/40", Some(2))),
+            [
+                "sluice.id=r",
+                "sluice.error.type=new",
+                "sluice.error.reason=why",
+                "sluice.source=logs/2/40",
+                "sluice.truncated=2"
+            ]
+        );
     }
 }

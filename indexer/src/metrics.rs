@@ -18,7 +18,8 @@ fn label(name: &'static str, value: impl Into<String>) -> Labels {
 /// Every indexer metric. Clones share the underlying values.
 #[derive(Debug, Clone)]
 pub struct Metrics {
-    /// Documents settled, by `outcome` (`indexed`, `duplicate`, `dead_lettered`).
+    /// Documents (records: one per v1 message, several per v2 message) settled, by `outcome`
+    /// (`indexed`, `duplicate`, `dead_lettered`).
     pub docs: Family<Labels, Counter>,
     /// Document bytes indexed (the Kafka payloads).
     pub bytes: Counter,
@@ -42,7 +43,8 @@ pub struct Metrics {
     pub assigned_partitions: Gauge,
     /// Kafka partitions paused because the pipeline is full.
     pub paused_partitions: Gauge,
-    /// Consumer lag per `partition` (from librdkafka statistics).
+    /// Consumer lag per `partition` (from librdkafka statistics), in Kafka messages (offsets): a
+    /// contract-v2 message holds several records.
     pub consumer_lag: Family<Labels, Gauge>,
     /// Offset commits by `result`.
     pub commits: Family<Labels, Counter>,
@@ -121,7 +123,7 @@ impl Metrics {
             "Kafka partitions paused because the pipeline is full",
             m.paused_partitions.clone(),
         );
-        r.register("consumer_lag", "Consumer lag in records, per partition", m.consumer_lag.clone());
+        r.register("consumer_lag", "Consumer lag in Kafka messages (offsets), per partition", m.consumer_lag.clone());
         r.register("commits", "Offset commits by result", m.commits.clone());
         r.register("rebalances", "Rebalance events by kind", m.rebalances.clone());
         r.register(

@@ -58,21 +58,80 @@ fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
 
+/// The shipper's Kafka message contract in a row: `V2` rows run at [`V2_RATE`] so that messages
+/// hold several records (one is produced per key at least every 20 ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Contract {
+    V1,
+    V2,
+}
+
+/// Records per second of the contract-v2 rows: ~7 records per container per 20 ms.
+const V2_RATE: u32 = 3000;
+
+impl Contract {
+    /// The row's pipeline configured for this contract, and its loadgen rate.
+    fn apply(self, p: &Pipeline) -> u32 {
+        match self {
+            Contract::V1 => RATE,
+            Contract::V2 => {
+                p.shipper_kafka_option("message_format", "v2");
+                V2_RATE
+            }
+        }
+    }
+
+    /// Kafka messages between two checks of progress (a v2 message holds several records).
+    fn step(self, records: i64) -> i64 {
+        match self {
+            Contract::V1 => records,
+            Contract::V2 => records / 4,
+        }
+    }
+}
+
+/// Under contract v2 some of the row's records travelled several per message. At these rates
+/// (~200 lines/s per container) the shipper catches up between writes and produces what it read at
+/// each pause, so messages hold 1–4 records (a row6-v2 run: 59 441 messages for 81 509 records);
+/// under load they fill up to `kafka.records_per_message` (the shipper's Kafka tests).
+async fn assert_grouped(p: &Pipeline, contract: Contract, records: u64) {
+    if contract == Contract::V2 {
+        let (messages, _) = p.kafka_state().await.expect("kafka offsets");
+        eprintln!("[{}] {messages} Kafka messages for {records} records", p.row);
+        assert!(
+            (messages as u64) * 10 < records * 9,
+            "[{}] {messages} Kafka messages for {records} records: v2 did not group records",
+            p.row
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row1_shipper_sigkilled_three_times_mid_stream() {
+    row1("row1", Contract::V1).await;
+}
+
+/// Row 1 under contract v2: kills leave open messages unproduced and produced ones unacknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row1_v2_shipper_sigkilled_three_times_mid_stream_several_records_per_message() {
+    row1("row1-v2", Contract::V2).await;
+}
+
+async fn row1(row: &'static str, contract: Contract) {
     let _slot = row_slot().await;
     let started = Instant::now();
     let kafka = kafka().await;
     let search = elasticsearch().await;
-    let p = Pipeline::new("row1", &kafka.bootstrap, &search, &[], "");
+    let p = Pipeline::new(row, &kafka.bootstrap, &search, &[], "");
+    let rate = contract.apply(&p);
     p.setup();
     let mut indexer = p.indexer("a");
     let mut shipper = p.shipper();
-    let mut lg = p.loadgen(RATE, ROTATE, &[]);
+    let mut lg = p.loadgen(rate, ROTATE, &[]);
     let mut last = 0;
     for kill in 1..=3 {
         // Records published since the last (re)start…
-        last = kafka_reaches(&p, last + 1500, &format!("progress before kill {kill}")).await;
+        last = kafka_reaches(&p, last + contract.step(1500), &format!("progress before kill {kill}")).await;
         let written = p.written();
         shipper.kill();
         // …and the run goes on: lines written while the shipper is dead must arrive too.
@@ -83,12 +142,13 @@ async fn row1_shipper_sigkilled_three_times_mid_stream() {
         .await;
         shipper = p.shipper();
     }
-    kafka_reaches(&p, last + 1500, "progress after the third restart").await;
+    kafka_reaches(&p, last + contract.step(1500), "progress after the third restart").await;
     let (_, records, drain) = stop_and_verify(&p, &mut lg).await;
+    assert_grouped(&p, contract, records).await;
     let conflicts = p.es_conflicts().await.expect("index stats");
     // Records acknowledged by Kafka but not yet checkpointed are sent again after a SIGKILL; the
     // indexer's `create` meets their first copy: 409, counted by Elasticsearch.
-    assert!(conflicts > 0, "[row1] three SIGKILLs re-sent nothing: the kills did not land mid-stream");
+    assert!(conflicts > 0, "[{row}] three SIGKILLs re-sent nothing: the kills did not land mid-stream");
     let resent = shipper.metric("sluice_shipper_records_resent_total");
     assert_eq!(indexer.metric_sum(DEAD), 0.0);
     p.report(&[
@@ -310,11 +370,24 @@ async fn row5_one_of_two_elasticsearch_nodes_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row6_one_of_two_indexer_replicas_sigkilled_mid_batch() {
+    row6("row6", Contract::V1).await;
+}
+
+/// Row 6 under contract v2: the killed replica had offsets holding several records, some indexed,
+/// none committed; the survivor indexes them again (409s) and commits each offset once all its
+/// records are settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row6_v2_one_of_two_indexer_replicas_sigkilled_mid_batch_several_records_per_message() {
+    row6("row6-v2", Contract::V2).await;
+}
+
+async fn row6(row: &'static str, contract: Contract) {
     let _slot = row_slot().await;
     let started = Instant::now();
     let kafka = kafka().await;
     let search = elasticsearch().await;
-    let p = Pipeline::new("row6", &kafka.bootstrap, &search, &[], "");
+    let p = Pipeline::new(row, &kafka.bootstrap, &search, &[], "");
+    let rate = contract.apply(&p);
     p.setup();
     // The victim's replies from Elasticsearch come 3 s late: each of its `_bulk`s is applied at once
     // and settled only 3 s later, so a SIGKILL can be aimed inside a batch.
@@ -324,7 +397,7 @@ async fn row6_one_of_two_indexer_replicas_sigkilled_mid_batch() {
     let mut shipper = p.shipper();
     // 16 streams keyed by random pod uids: the chance that the victim's two of four partitions
     // get none of them is 2^-16 (with 8 streams and uids differing in one digit it was 1 in 4).
-    let mut lg = p.loadgen(RATE, ROTATE, &["--pods=8"]);
+    let mut lg = p.loadgen(rate, ROTATE, &["--pods=8"]);
     let before = es_reaches(&p, 2000, "indexing before the kill").await;
     for i in [&victim, &survivor] {
         i.wait_metric("sluice_indexer_assigned_partitions", Duration::from_secs(60), |v| v >= 1.0).await;
@@ -344,9 +417,10 @@ async fn row6_one_of_two_indexer_replicas_sigkilled_mid_batch() {
     let rebalance = killed.elapsed();
     let after = es_reaches(&p, before + 4000, "indexing after the kill").await;
     let (_, records, drain) = stop_and_verify(&p, &mut lg).await;
+    assert_grouped(&p, contract, records).await;
     let conflicts = p.es_conflicts().await.expect("index stats");
     // The victim's indexed-but-uncommitted records come again to the survivor: 409s.
-    assert!(conflicts > 0, "[row6] nothing was re-delivered after the SIGKILL: it did not land mid-batch");
+    assert!(conflicts > 0, "[{row}] nothing was re-delivered after the SIGKILL: it did not land mid-batch");
     assert_eq!(survivor.metric_sum(DEAD), 0.0);
     p.report(&[
         ("lines", records.to_string()),

@@ -127,9 +127,16 @@ async fn non_json_payloads_and_corrupt_headers_are_dead_lettered_with_their_reas
             Some("sluice_contract_violation"),
         ),
         (
+            // A v1 document under `sluice.v: 2`: its frame line does not decode.
             "version-2",
             good[0].payload.clone().into_bytes(),
             vec![(header::ID, Some(b"bad-v2")), (header::TS, Some(ts.as_bytes())), (header::V, Some(b"2"))],
+            Some("sluice_contract_violation"),
+        ),
+        (
+            "version-3",
+            good[0].payload.clone().into_bytes(),
+            vec![(header::ID, Some(b"bad-v3")), (header::TS, Some(ts.as_bytes())), (header::V, Some(b"3"))],
             Some("sluice_contract_violation"),
         ),
         (

@@ -22,6 +22,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
+use sluice_common::message;
 use sluice_common::schema::{
     Agent, Document, DocumentFrame, Host, Kubernetes, KubernetesContainer, Log, LogFile, Name, Pod, RecordFields,
     Stream, tag,
@@ -158,8 +159,15 @@ pub struct Record<'a> {
     pub timestamp: &'a str,
     /// Namespace (`sluice.ns`).
     pub namespace: &'a str,
-    /// The schema v1 document as JSON (the Kafka value).
+    /// The schema v1 document as JSON (the Kafka value of contract v1); with a `frame`, the
+    /// record line of contract v2 instead (`sluice_common::message::write_record_line`).
     pub value: &'a [u8],
+    /// Set by a builder in lines mode ([`RecordBuilder::lines`]): the per-file part of the
+    /// document, `value` being the record line that completes it.
+    pub frame: Option<&'a DocumentFrame>,
+    /// Identifies `frame` among the frames this builder made (never reused), so that a sink can
+    /// tell "the same frame as before" without comparing bytes.
+    pub frame_serial: u64,
     /// Byte offset of the first line.
     pub offset: u64,
     /// Tags of the record.
@@ -176,12 +184,16 @@ pub struct Record<'a> {
 /// record's tags are written.
 #[derive(Debug, Default)]
 pub struct RecordBuilder {
+    /// Write contract-v2 record lines instead of documents (see [`Record::frame`]).
+    lines: bool,
     id: String,
     ts: String,
     value: Vec<u8>,
     /// The generation whose hex `id` starts with.
     generation: Option<GenerationId>,
     frame: Option<CachedFrame>,
+    /// Frames made so far (the serial of the next one).
+    frames: u64,
 }
 
 /// The frame of the last file built, with what it was rendered from.
@@ -193,6 +205,7 @@ struct CachedFrame {
     /// Held, so that the pointer comparison cannot match a later `PodInfo` at the same address.
     pod_info: Option<Arc<PodInfo>>,
     frame: DocumentFrame,
+    serial: u64,
 }
 
 impl CachedFrame {
@@ -243,11 +256,28 @@ pub fn frame_template(meta: &FileMeta) -> Document<'_> {
 }
 
 impl RecordBuilder {
+    /// A builder of contract-v2 record lines (`lines`) or of whole documents.
+    pub fn lines(lines: bool) -> Self {
+        RecordBuilder { lines, ..RecordBuilder::default() }
+    }
+
     /// Builds the record of `msg` read from a generation of `meta`'s file. Validates UTF-8 (invalid
     /// sequences are replaced and tagged) and the timestamp (an unreadable one is tagged `parse_error`;
     /// the read path has already replaced it by the last readable timestamp before it in the
     /// generation or the generation's pinned date, see [`crate::lines`]; only then it is the read time).
     pub fn build<'s>(&'s mut self, meta: &'s FileMeta, generation: GenerationId, msg: &Message<'_>) -> Record<'s> {
+        self.build_with_suffix(meta, generation, msg, "")
+    }
+
+    /// [`RecordBuilder::build`] with `suffix` appended to the record id (a record that must not
+    /// take the id of the line at its offset, e.g. a rate-limit summary).
+    pub fn build_with_suffix<'s>(
+        &'s mut self,
+        meta: &'s FileMeta,
+        generation: GenerationId,
+        msg: &Message<'_>,
+        suffix: &str,
+    ) -> Record<'s> {
         let mut tags = msg.tags;
         let message = match simdutf8::basic::from_utf8(&msg.content) {
             Ok(s) => Cow::Borrowed(s),
@@ -272,6 +302,7 @@ impl RecordBuilder {
         }
         self.id.truncate(32);
         push_offset(&mut self.id, msg.start);
+        self.id.push_str(suffix);
         if !self.frame.as_ref().is_some_and(|c| c.matches(meta)) {
             self.frame = Some(CachedFrame {
                 path: meta.path.clone(),
@@ -279,18 +310,27 @@ impl RecordBuilder {
                 pod: meta.pod.clone(),
                 pod_info: meta.pod_info.clone(),
                 frame: DocumentFrame::new(&frame_template(meta)),
+                serial: self.frames,
             });
+            self.frames += 1;
         }
-        let frame = &self.frame.as_ref().expect("frame just set").frame;
+        let cached = self.frame.as_ref().expect("frame just set");
+        let frame = &cached.frame;
         self.value.clear();
         let fields = RecordFields { timestamp: &self.ts, message: &message, stream: msg.stream, offset: msg.start };
-        frame.write(&mut self.value, &fields, tags.names());
+        if self.lines {
+            message::write_record_line(&mut self.value, &self.id, &fields, tags.names());
+        } else {
+            frame.write(&mut self.value, &fields, tags.names());
+        }
         Record {
             id: &self.id,
             key: &meta.key,
             timestamp: &self.ts,
             namespace: meta.namespace(),
             value: &self.value,
+            frame: self.lines.then_some(frame),
+            frame_serial: cached.serial,
             offset: msg.start,
             tags,
         }

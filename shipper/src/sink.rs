@@ -78,6 +78,11 @@ pub trait Sink: Send {
     /// Called when the reader pauses (no data, back-pressure, checkpoint time): deliver buffered
     /// records and ack what is durable.
     fn flush(&mut self) -> Result<(), SinkError>;
+    /// Whether this sink takes records as contract-v2 record lines with their frame
+    /// ([`Record::frame`]) rather than as whole documents.
+    fn record_lines(&self) -> bool {
+        false
+    }
     /// Shutdown: deliver and ack what can be within `timeout`.
     fn close(&mut self, _timeout: Duration) -> Result<(), SinkError> {
         self.flush()

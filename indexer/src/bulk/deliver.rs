@@ -541,6 +541,7 @@ impl Sink {
             tracing::warn!(
                 partition = letter.item.partition,
                 offset = letter.item.offset,
+                record = letter.item.source_record(),
                 error.type = %letter.error_type,
                 error.reason = %letter.reason,
                 "record dead-lettered"

@@ -141,6 +141,15 @@ metrics:
         }
     }
 
+    /// Sets `key: value` in the shipper's `kafka:` section (e.g. `message_format`, `v2`).
+    pub fn shipper_kafka_option(&self, key: &str, value: &str) {
+        let yaml = std::fs::read_to_string(&self.shipper_config).expect("shipper config");
+        let anchor = "\n  topic: ";
+        assert!(yaml.contains(anchor), "{yaml}");
+        let yaml = yaml.replacen(anchor, &format!("\n  {key}: {value}{anchor}"), 1);
+        std::fs::write(&self.shipper_config, yaml).expect("shipper config");
+    }
+
     /// Sets an indexer environment variable (`SLUICE_…`).
     pub fn indexer_set(&mut self, key: &str, value: &str) {
         indexer_support::set(&mut self.indexer_env, key, value);

@@ -50,9 +50,7 @@ impl<S: Sink> Emit<'_, S> {
             tags: Tags::RATE_LIMITED,
             flushed: None,
         };
-        let rec = self.builder.build(self.meta, self.generation.id, &msg);
-        let id = format!("{}-rate-limited", rec.id);
-        let rec = crate::record::Record { id: &id, ..rec };
+        let rec = self.builder.build_with_suffix(self.meta, self.generation.id, &msg, "-rate-limited");
         let bytes = rec.value.len() + rec.id.len() + 64;
         let seq = self.generation.tracker.submit(msg.start, msg.end, bytes);
         *self.inflight += bytes;

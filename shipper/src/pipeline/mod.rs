@@ -388,6 +388,7 @@ impl<S: Sink> Pipeline<S> {
     /// Builds the pipeline; `events` must come from the same [`channel`] as the sink's acker.
     pub fn new(cfg: &ShipperConfig, sink: S, events: Events, metrics: Metrics) -> Result<Self, PipelineError> {
         let store = Store::open(Path::new(&cfg.checkpoint.dir))?;
+        let builder = RecordBuilder::lines(sink.record_lines());
         let core = Core {
             rules: Rules::compile(&cfg.multiline)?,
             cfg: cfg.clone(),
@@ -407,7 +408,7 @@ impl<S: Sink> Pipeline<S> {
             listing_failed: false,
             ids: IdentityCache::default(),
             buf: vec![0u8; cfg.tail.read_buffer_bytes.as_usize()],
-            builder: RecordBuilder::default(),
+            builder,
             budgets: Budgets::new(cfg.limits.pending_bytes.as_usize()),
             inflight_bytes: 0,
             inflight_limit: cfg.limits.inflight_bytes.as_usize(),

@@ -20,12 +20,39 @@ use super::{Rec, decode};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sluice-shipper");
 
-/// One message as consumed.
+/// One record as consumed: a contract-v1 message, or one record of a contract-v2 message with
+/// the headers and document a v1 message of it would have (`sluice.v` stays `2`).
 #[derive(Debug, Clone)]
 pub struct Msg {
     pub key: String,
     pub headers: HashMap<String, String>,
     pub value: Vec<u8>,
+    /// Records in the Kafka message this record came in (1 for v1).
+    pub batch: usize,
+    /// The `sluice.ts` header of that message (for v2, its first record's timestamp).
+    pub message_ts: String,
+}
+
+/// The records of one consumed message (see [`Msg`]); a v2 value that does not decode fails the test.
+fn expand(key: String, headers: HashMap<String, String>, value: &[u8]) -> Vec<Msg> {
+    let message_ts = headers.get("sluice.ts").cloned().unwrap_or_default();
+    if headers.get("sluice.v").map(String::as_str) != Some("2") {
+        return vec![Msg { key, headers, value: value.to_vec(), batch: 1, message_ts }];
+    }
+    let decoded = sluice_common::message::decode(value).expect("a contract-v2 value");
+    let batch = decoded.records.len();
+    decoded
+        .records
+        .iter()
+        .map(|r| {
+            let mut doc = Vec::new();
+            r.write_document(&decoded.frame, &mut doc);
+            let mut h = headers.clone();
+            h.insert("sluice.id".into(), r.id.to_string());
+            h.insert("sluice.ts".into(), r.timestamp.to_string());
+            Msg { key: key.clone(), headers: h, value: doc, batch, message_ts: message_ts.clone() }
+        })
+        .collect()
 }
 
 impl Msg {
@@ -113,11 +140,9 @@ impl Collector {
                                     .collect()
                             })
                             .unwrap_or_default();
-                        msgs.lock().unwrap().push(Msg {
-                            key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                            headers,
-                            value: m.payload().unwrap_or_default().to_vec(),
-                        });
+                        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                        let records = expand(key, headers, m.payload().unwrap_or_default());
+                        msgs.lock().unwrap().extend(records);
                     } else if last.elapsed() >= Collector::IDLE {
                         consumer = collector_client(&bootstrap, &topic, partitions, &next);
                         clients.fetch_add(1, Ordering::Relaxed);
@@ -134,6 +159,7 @@ impl Collector {
         self.clients.load(Ordering::Relaxed)
     }
 
+    /// Records consumed (a v2 message counts its records), re-sent ones included.
     pub fn count(&self) -> usize {
         self.msgs.lock().unwrap().len()
     }
@@ -224,6 +250,14 @@ impl Setup {
         )
         .unwrap();
         Setup { tmp, root, ckpt, config, metrics_port }
+    }
+
+    /// Adds `key: value` to the `kafka:` section of the configuration (e.g. `message_format`, `v2`).
+    pub fn kafka_option(&self, key: &str, value: &str) {
+        let text = fs::read_to_string(&self.config).unwrap();
+        let anchor = "  delivery_timeout: ";
+        assert!(text.contains(anchor), "{text}");
+        fs::write(&self.config, text.replacen(anchor, &format!("  {key}: {value}\n{anchor}"), 1)).unwrap();
     }
 
     /// Starts the shipper, its log on the test's stderr.
@@ -422,7 +456,14 @@ pub fn census(bootstrap: &str, topic: &str) -> String {
             Some(Ok(m)) => {
                 msgs += 1;
                 reached.insert(m.partition(), m.offset() + 1);
-                if let Some(h) = m.headers().and_then(|h| h.iter().find(|h| h.key == "sluice.id")) {
+                let v2 = m.headers().is_some_and(|h| h.iter().any(|h| h.key == "sluice.v" && h.value == Some(b"2")));
+                if v2 {
+                    match sluice_common::message::decode(m.payload().unwrap_or_default()) {
+                        Ok(d) => ids.extend(d.records.iter().map(|r| r.id.to_string())),
+                        Err(e) if errors.len() < 5 => errors.push(e.to_string()),
+                        Err(_) => {}
+                    }
+                } else if let Some(h) = m.headers().and_then(|h| h.iter().find(|h| h.key == "sluice.id")) {
                     ids.insert(String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned());
                 }
             }
