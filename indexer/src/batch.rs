@@ -96,6 +96,25 @@ pub struct Item {
 }
 
 impl Item {
+    /// A record of a one-record message at `offset`, its side entry starting at `side`: no body
+    /// lines yet, not rejected, never attempted.
+    pub fn pending(partition: i32, offset: i64, side: u32) -> Self {
+        Item {
+            partition,
+            offset,
+            epoch: 0,
+            doc: 0..0,
+            payload_start: 0,
+            side: side..side,
+            rejected: None,
+            attempts: 0,
+            first_failure: None,
+            record: 0,
+            records: 1,
+            from_v2: false,
+        }
+    }
+
     /// Whether the record is sent to Elasticsearch (not rejected up front).
     pub fn is_indexable(&self) -> bool {
         self.rejected.is_none()
@@ -286,20 +305,7 @@ impl Batcher {
         }
         let side_start = offset32(self.side.len());
         side::encode_key_headers(&mut self.side, record.key, record.headers.clone());
-        let mut item = Item {
-            partition: record.partition,
-            offset: record.offset,
-            epoch: 0,
-            doc: 0..0,
-            payload_start: 0,
-            side: side_start..side_start,
-            rejected: None,
-            attempts: 0,
-            first_failure: None,
-            record: 0,
-            records: 1,
-            from_v2: false,
-        };
+        let mut item = Item::pending(record.partition, record.offset, side_start);
         let encoded = match reject {
             Some(reason) => Err((CONTRACT_VIOLATION, reason)),
             None => self.encode(&record),
@@ -415,18 +421,10 @@ impl Batcher {
             pairs.push((header::SOURCE_RECORD, Some(index.as_bytes())));
             side::encode_key_headers(&mut self.side, record.key, pairs);
             let mut item = Item {
-                partition: record.partition,
-                offset: record.offset,
-                epoch: 0,
-                doc: 0..0,
-                payload_start: 0,
-                side: side_start..side_start,
-                rejected: None,
-                attempts: 0,
-                first_failure: None,
                 record: i as u32,
                 records,
                 from_v2: true,
+                ..Item::pending(record.partition, record.offset, side_start)
             };
             match self.encode_v2(line, &decoded.frame, ns) {
                 Ok((doc, payload_start)) => {

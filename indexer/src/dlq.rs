@@ -270,20 +270,7 @@ mod tests {
     }
 
     fn item(record: u32, records: u32, from_v2: bool) -> Item {
-        Item {
-            partition: 2,
-            offset: 40,
-            epoch: 1,
-            doc: 0..0,
-            payload_start: 0,
-            side: 0..0,
-            rejected: None,
-            attempts: 0,
-            first_failure: None,
-            record,
-            records,
-            from_v2,
-        }
+        Item { epoch: 1, record, records, from_v2, ..Item::pending(2, 40, 0) }
     }
 
     fn names(headers: &[(String, Option<Vec<u8>>)]) -> Vec<String> {

@@ -336,20 +336,7 @@ mod tests {
     use super::*;
 
     fn item(partition: i32, offset: i64) -> Item {
-        Item {
-            partition,
-            offset,
-            epoch: 0,
-            doc: 0..0,
-            payload_start: 0,
-            side: 0..0,
-            rejected: None,
-            attempts: 0,
-            first_failure: None,
-            record: 0,
-            records: 1,
-            from_v2: false,
-        }
+        Item::pending(partition, offset, 0)
     }
 
     fn dispatch(t: &mut Tracker, partition: i32, offsets: &[i64]) -> Vec<Item> {

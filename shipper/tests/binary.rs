@@ -232,16 +232,7 @@ fn status_bytes(pid: u32, field: &str) -> u64 {
 fn five_hundred_files_at_full_speed_stay_under_16_mib_of_heap_and_the_inflight_limit() {
     let env = Env::new();
     let (files, lines) = (500u64, 200u64);
-    for i in 0..files {
-        let dir = env.root.join(format!("ns_p{i}_uid-{i}/app"));
-        fs::create_dir_all(&dir).unwrap();
-        let mut body = String::new();
-        for seq in 0..lines {
-            let msg = format!("p{i} {seq:08} {}", "m".repeat(150));
-            body.push_str(&format!("2026-11-27T00:00:00.{seq:09}Z stdout F {msg}\n"));
-        }
-        fs::write(dir.join("0.log"), body).unwrap();
-    }
+    common::write_pod_files(&env.root, files, lines);
     let port = free_port();
     let cfg = config(&env, &format!("metrics:\n  listen: 127.0.0.1:{port}\n"));
     let out = env.tmp.path().join("out.jsonl");

@@ -386,16 +386,7 @@ async fn contract_v2_five_hundred_files_keep_open_messages_within_the_inflight_l
         let setup = Setup::new(&kafka.bootstrap, &topic, "limits:\n  inflight_bytes: 4MiB\n");
         setup.kafka_option("message_format", "v2");
         let (files, lines) = (500u64, 200u64);
-        for i in 0..files {
-            let dir = setup.root.join(format!("ns_p{i}_uid-{i}/app"));
-            fs::create_dir_all(&dir).unwrap();
-            let mut body = String::new();
-            for seq in 0..lines {
-                let msg = format!("p{i} {seq:08} {}", "m".repeat(150));
-                body.push_str(&format!("2026-11-27T00:00:00.{seq:09}Z stdout F {msg}\n"));
-            }
-            fs::write(dir.join("0.log"), body).unwrap();
-        }
+        common::write_pod_files(&setup.root, files, lines);
         let collector = Collector::start(&kafka.bootstrap, &topic);
         let mut shipper = KillOnDrop(setup.spawn());
         let pid = shipper.0.id();

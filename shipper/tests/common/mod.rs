@@ -242,3 +242,18 @@ pub fn len_for(seq: u64) -> usize {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// `files` pod directories under `root`, each with a `0.log` of `lines` CRI lines of ~200 bytes
+/// (`p<i> <seq> mmm…`), written before the shipper starts (the 500-file memory tests).
+pub fn write_pod_files(root: &Path, files: u64, lines: u64) {
+    for i in 0..files {
+        let dir = root.join(format!("ns_p{i}_uid-{i}/app"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut body = String::new();
+        for seq in 0..lines {
+            let msg = format!("p{i} {seq:08} {}", "m".repeat(150));
+            body.push_str(&format!("2026-11-27T00:00:00.{seq:09}Z stdout F {msg}\n"));
+        }
+        std::fs::write(dir.join("0.log"), body).unwrap();
+    }
+}
