@@ -90,17 +90,19 @@ impl Contract {
     }
 }
 
-/// Under contract v2 some of the row's records travelled several per message. At these rates
-/// (~200 lines/s per container) the shipper catches up between writes and produces what it read at
-/// each pause, so messages hold 1–4 records (a row6-v2 run: 59 441 messages for 81 509 records);
-/// under load they fill up to `kafka.records_per_message` (the shipper's Kafka tests).
+/// Under contract v2 some of the row's records travelled several per message (so the row really
+/// has offsets holding several records). At these rates (~200 lines/s per container) the shipper
+/// catches up between writes and produces what it read at each pause, so most messages hold one
+/// record and how many hold more depends on the machine's load: a quiet run gave 54 100 messages
+/// for 83 410 records, a CI run 70 353 for 74 411. Under load messages fill up to
+/// `kafka.records_per_message` (the shipper's Kafka tests assert that).
 async fn assert_grouped(p: &Pipeline, contract: Contract, records: u64) {
     if contract == Contract::V2 {
         let (messages, _) = p.kafka_state().await.expect("kafka offsets");
         eprintln!("[{}] {messages} Kafka messages for {records} records", p.row);
         assert!(
-            (messages as u64) * 10 < records * 9,
-            "[{}] {messages} Kafka messages for {records} records: v2 did not group records",
+            (messages as u64) < records,
+            "[{}] {messages} Kafka messages for {records} records: no message held several records",
             p.row
         );
     }
