@@ -81,6 +81,34 @@ pub struct Shared {
     late_policy: LatePolicy,
     /// Authentication, TLS and ACL failures: logged once, shown on `/readyz`.
     security: Arc<SecurityWatch>,
+    /// The consumer group as last seen (see [`GroupWatch`]).
+    group: Mutex<GroupWatch>,
+    /// After a lost assignment, how long the member may stay without one in an unassign join
+    /// state before the consumer is rebuilt (see [`Shared::stuck_without_assignment`]).
+    rejoin_deadline: Duration,
+    /// The [`IndexerContext::id`] of the consumer in use: callbacks of a retired one are ignored.
+    current_consumer: std::sync::atomic::AtomicU64,
+}
+
+/// What the consumer loop knows about its group membership, for the one recovery librdkafka
+/// needs help with.
+///
+/// librdkafka 2.12 can stay in the join state `wait-incr-unassign-to-complete` for good when the
+/// assignment is lost (the coordinator unreachable past `session.timeout.ms`, e.g. a broker
+/// restart) while asynchronous offset commits are outstanding and all of them then fail locally
+/// ("Waiting for coordinator"): the unassign waits for those commits, and their failure does not
+/// finish it, so the member never rejoins and the partitions are never consumed again (seen in
+/// fault-matrix row 2 on a loaded machine). The loop keeps at most one commit outstanding, and
+/// rebuilds the consumer if the member is still stuck after [`Shared::rejoin_deadline`].
+#[derive(Debug, Default)]
+struct GroupWatch {
+    /// When the assignment was lost, until partitions are assigned again.
+    lost_since: Option<Instant>,
+    /// The group's join state from the last statistics report, and since when it is that.
+    join_state: String,
+    join_state_since: Option<Instant>,
+    /// An asynchronous commit sent and not answered yet (its callback clears it).
+    commit_outstanding: Option<Instant>,
 }
 
 impl Shared {
@@ -110,7 +138,21 @@ impl Shared {
             retention_days: config.retention.days,
             late_policy: config.retention.late_records,
             security: Arc::new(SecurityWatch::new("indexer consumer", &config.kafka.security)),
+            group: Mutex::new(GroupWatch::default()),
+            rejoin_deadline: (config.kafka.session_timeout * 2).max(Duration::from_secs(20)),
+            current_consumer: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Whether the member lost its assignment longer than [`Shared::rejoin_deadline`] ago and
+    /// librdkafka's statistics have shown it in an unassign join state for half that time (see
+    /// [`GroupWatch`]). A normal unassign takes milliseconds.
+    fn stuck_without_assignment(&self) -> bool {
+        let group = self.group.lock().expect("group lock");
+        let lost_long = group.lost_since.is_some_and(|t| t.elapsed() >= self.rejoin_deadline);
+        let unassigning = group.join_state.contains("unassign")
+            && group.join_state_since.is_some_and(|t| t.elapsed() >= self.rejoin_deadline / 2);
+        lost_long && unassigning
     }
 
     /// Reports Kafka security failures (wrong password, untrusted certificate, missing ACL) also
@@ -238,6 +280,15 @@ impl Shared {
             }
         }
         let sync = matches!(mode, CommitMode::Sync);
+        if !sync {
+            // At most one asynchronous commit outstanding (see [`GroupWatch`]); one unanswered for
+            // a minute is given up on.
+            let mut group = self.group.lock().expect("group lock");
+            if group.commit_outstanding.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+                return;
+            }
+            group.commit_outstanding = Some(Instant::now());
+        }
         match consumer.commit(&tpl, mode) {
             Ok(()) => {
                 if sync {
@@ -249,6 +300,9 @@ impl Shared {
                 }
             }
             Err(err) => {
+                if !sync {
+                    self.group.lock().expect("group lock").commit_outstanding = None;
+                }
                 self.metrics.commit(false);
                 tracing::warn!(error = %err, "offset commit failed; the next commit retries");
             }
@@ -409,6 +463,9 @@ impl Shared {
         }
         let lost = consumer.assignment_lost();
         self.metrics.rebalance(if lost { "lost" } else { "revoke" });
+        if lost {
+            self.group.lock().expect("group lock").lost_since = Some(Instant::now());
+        }
         let started = Instant::now();
         self.flush();
         let in_flight: usize = {
@@ -455,6 +512,7 @@ impl Shared {
             return;
         }
         self.metrics.rebalance("assign");
+        self.group.lock().expect("group lock").lost_since = None;
         {
             let mut tracker = self.tracker.lock().expect("tracker lock");
             for &p in &partitions {
@@ -484,12 +542,20 @@ impl Shared {
 #[derive(Debug, Clone)]
 pub struct IndexerContext {
     shared: Arc<Shared>,
+    /// Which consumer of this process it serves (a rebuilt consumer gets the next id).
+    id: u64,
 }
 
 impl IndexerContext {
     /// A context over the shared state.
     pub fn new(shared: Arc<Shared>) -> Self {
-        IndexerContext { shared }
+        let id = shared.current_consumer.fetch_add(1, Ordering::SeqCst) + 1;
+        IndexerContext { shared, id }
+    }
+
+    /// Whether this context's consumer is the one in use (not one retired by a rebuild).
+    fn current(&self) -> bool {
+        self.shared.current_consumer.load(Ordering::SeqCst) == self.id
     }
 }
 
@@ -505,6 +571,16 @@ impl ClientContext for IndexerContext {
     }
 
     fn stats(&self, statistics: Statistics) {
+        if !self.current() {
+            return;
+        }
+        if let Some(cgrp) = &statistics.cgrp {
+            let mut group = self.shared.group.lock().expect("group lock");
+            if group.join_state != cgrp.join_state {
+                group.join_state.clone_from(&cgrp.join_state);
+                group.join_state_since = Some(Instant::now());
+            }
+        }
         let Some(topic) = statistics.topics.get(&self.shared.topic) else { return };
         let assigned = self.shared.tracker.lock().expect("tracker lock").partitions();
         for (partition, stats) in &topic.partitions {
@@ -517,6 +593,9 @@ impl ClientContext for IndexerContext {
 
 impl ConsumerContext for IndexerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if !self.current() {
+            return;
+        }
         match rebalance {
             Rebalance::Revoke(tpl) => self.shared.on_revoke(consumer, tpl),
             Rebalance::Assign(_) => {}
@@ -525,12 +604,19 @@ impl ConsumerContext for IndexerContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if !self.current() {
+            return;
+        }
         if let Rebalance::Assign(tpl) = rebalance {
             self.shared.on_assign(consumer, tpl);
         }
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if !self.current() {
+            return;
+        }
+        self.shared.group.lock().expect("group lock").commit_outstanding = None;
         match result {
             Ok(()) => {
                 self.shared.security.clear();
@@ -583,10 +669,11 @@ pub fn create(config: &IndexerConfig, shared: Arc<Shared>) -> KafkaResult<BaseCo
 /// pending batch, waits up to `kafka.revoke_timeout` for in-flight records, commits, and leaves
 /// the group.
 pub fn run(
-    consumer: BaseConsumer<IndexerContext>,
+    mut consumer: BaseConsumer<IndexerContext>,
     shared: Arc<Shared>,
     commit_interval: Duration,
     shutdown: CancellationToken,
+    rebuild: &dyn Fn() -> KafkaResult<BaseConsumer<IndexerContext>>,
 ) {
     let mut last_commit = Instant::now();
     let mut out = Vec::new();
@@ -666,6 +753,9 @@ pub fn run(
             shared.commit(&consumer, None, CommitMode::Async);
             shared.bound_spans(&consumer);
             shared.retention_tick();
+            if shared.stuck_without_assignment() {
+                consumer = rebuilt(consumer, &shared, rebuild);
+            }
             last_commit = Instant::now();
         }
     }
@@ -695,6 +785,37 @@ pub fn run(
     tracing::info!("consumer closed");
 }
 
+/// Replaces a consumer stuck without an assignment (see [`GroupWatch`]) by a new member of the
+/// group. It owns no partition (the tracker forgot them when the assignment was lost), so nothing
+/// is abandoned: the new member is assigned partitions and reads from the committed offsets.
+fn rebuilt(
+    old: BaseConsumer<IndexerContext>,
+    shared: &Shared,
+    rebuild: &dyn Fn() -> KafkaResult<BaseConsumer<IndexerContext>>,
+) -> BaseConsumer<IndexerContext> {
+    let stuck_for = shared.group.lock().expect("group lock").lost_since.map(|t| t.elapsed());
+    match rebuild() {
+        Ok(new) => {
+            tracing::warn!(
+                ?stuck_for,
+                "no partitions since the assignment was lost and librdkafka is stuck unassigning: consumer rebuilt"
+            );
+            shared.metrics.rebalance("rebuilt");
+            let mut group = shared.group.lock().expect("group lock");
+            *group = GroupWatch { lost_since: Some(Instant::now()), ..GroupWatch::default() };
+            drop(group);
+            // Closing the old consumer may wait on the very state it is stuck in: on a thread of
+            // its own (its callbacks are ignored, it is no longer current).
+            let _ = std::thread::Builder::new().name("kafka-consumer-retired".into()).spawn(move || drop(old));
+            new
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot rebuild the stuck consumer; trying again later");
+            old
+        }
+    }
+}
+
 /// Header `idx` as raw bytes. rdkafka's `Headers::get` and `Headers::try_get` both `unwrap` the
 /// UTF-8 conversion of the key, so one record with a non-UTF-8 header key would panic the consumer
 /// thread; this reads the same librdkafka accessor without the conversion.
@@ -717,5 +838,91 @@ fn header_at(headers: &BorrowedHeaders, idx: usize) -> Option<(&[u8], Option<&[u
         let key = std::ffi::CStr::from_ptr(name).to_bytes();
         let value = (!value.is_null()).then(|| std::slice::from_raw_parts(value.cast::<u8>(), size));
         Some((key, value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Limits;
+    use crate::index::IndexPattern;
+    use crate::settle::Tracker;
+
+    fn shared(session_timeout: Duration) -> Arc<Shared> {
+        let mut config = IndexerConfig::default();
+        config.kafka.session_timeout = session_timeout;
+        let pattern = IndexPattern::parse(&config.elasticsearch.index).unwrap();
+        let limits = Limits { max_bytes: 1 << 20, max_docs: 100, linger: Duration::from_millis(10) };
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let metrics = Metrics::register(&mut prometheus_client::registry::Registry::default());
+        let tracker = Arc::new(Mutex::new(Tracker::new()));
+        Arc::new(Shared::new(&config, Batcher::new(pattern, limits), tracker, Arc::default(), metrics, tx))
+    }
+
+    fn ago(secs: u64) -> Option<Instant> {
+        Instant::now().checked_sub(Duration::from_secs(secs))
+    }
+
+    #[test]
+    fn a_member_is_stuck_only_when_lost_long_ago_and_unassigning_for_long() {
+        // session.timeout.ms 10 s: the deadline is 20 s, the unassign state must last 10 s.
+        let shared = shared(Duration::from_secs(10));
+        assert!(!shared.stuck_without_assignment(), "a fresh member");
+        let set = |lost: u64, state: &str, since: u64| {
+            let mut group = shared.group.lock().unwrap();
+            group.lost_since = ago(lost);
+            group.join_state = state.into();
+            group.join_state_since = ago(since);
+        };
+        set(30, "wait-incr-unassign-to-complete", 15);
+        assert!(shared.stuck_without_assignment());
+        set(30, "wait-unassign-to-complete", 15);
+        assert!(shared.stuck_without_assignment());
+        set(30, "wait-join", 15);
+        assert!(!shared.stuck_without_assignment(), "rejoining is progress, not stuck");
+        set(30, "wait-incr-unassign-to-complete", 3);
+        assert!(!shared.stuck_without_assignment(), "an unassign that just began");
+        set(5, "wait-incr-unassign-to-complete", 5);
+        assert!(!shared.stuck_without_assignment(), "lost only 5 s ago");
+        shared.group.lock().unwrap().lost_since = None;
+        assert!(!shared.stuck_without_assignment(), "assigned again");
+    }
+
+    #[test]
+    fn only_the_newest_consumer_context_is_current() {
+        let shared = shared(Duration::from_secs(45));
+        let first = IndexerContext::new(shared.clone());
+        assert!(first.current());
+        let second = IndexerContext::new(shared.clone());
+        assert!(second.current() && !first.current(), "a rebuilt consumer retires the old one's callbacks");
+    }
+
+    #[test]
+    fn at_most_one_asynchronous_commit_is_outstanding() {
+        let shared = shared(Duration::from_secs(45));
+        {
+            // Offset 0 of partition 0 settled: a commit point (offset 1) to commit.
+            let mut tracker = shared.tracker.lock().unwrap();
+            let epoch = tracker.assign(0);
+            let mut items = [crate::batch::Item::pending(0, 0, 0)];
+            tracker.dispatch(&mut items);
+            assert!(tracker.settle(0, epoch, 0));
+            assert_eq!(tracker.commit_points(None), vec![(0, 1)]);
+        }
+        let consumer: BaseConsumer<IndexerContext> = client_config(&IndexerConfig::default())
+            .unwrap()
+            .create_with_context(IndexerContext::new(shared.clone()))
+            .unwrap();
+        let outstanding = ago(1);
+        shared.group.lock().unwrap().commit_outstanding = outstanding;
+        shared.commit(&consumer, None, CommitMode::Async);
+        assert_eq!(shared.group.lock().unwrap().commit_outstanding, outstanding, "a second commit was sent");
+        // Answered (the callback clears the mark): the next round commits again.
+        shared.group.lock().unwrap().commit_outstanding = None;
+        shared.commit(&consumer, None, CommitMode::Async);
+        let sent = shared.group.lock().unwrap().commit_outstanding;
+        assert!(sent.is_some_and(|t| t > outstanding.unwrap()), "no commit was sent: {sent:?}");
+        // Closing waits for that commit to fail without a broker (tens of seconds): not closed.
+        std::mem::forget(consumer);
     }
 }

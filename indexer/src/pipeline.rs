@@ -181,7 +181,11 @@ async fn run_pipeline(
     let (thread, consumer_done) = {
         let stop = stop.clone();
         let interval = config.kafka.commit_interval;
-        spawn_thread("kafka-consumer", move || consume::run(consumer, shared, interval, stop))?
+        let rebuild = {
+            let (config, shared) = (config.clone(), shared.clone());
+            move || consume::create(&config, shared.clone())
+        };
+        spawn_thread("kafka-consumer", move || consume::run(consumer, shared, interval, stop, &rebuild))?
     };
 
     let side_tasks = CancellationToken::new();

@@ -168,11 +168,26 @@ async fn row1(row: &'static str, contract: Contract) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row2_kafka_broker_restarted_while_the_shipper_publishes() {
+    broker_restart("row2", Duration::ZERO).await;
+}
+
+/// Row 2 with the broker kept down for 30 s: past the indexer's `session.timeout.ms` (10 s here),
+/// so its assignment is lost and it must join the group again to go on. A CI run of row 2 on a
+/// loaded machine lost the assignment with asynchronous commits outstanding, librdkafka never
+/// finished the unassign, and the indexer never consumed again (`consume::GroupWatch`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row2_long_kafka_broker_down_for_30s_the_indexer_loses_its_assignment_and_rejoins() {
+    broker_restart("row2-long", Duration::from_secs(30)).await;
+}
+
+/// Stops the row's broker, keeps it down for `down_for`, starts it again, all while loadgen
+/// writes; then the promise must hold.
+async fn broker_restart(row: &'static str, down_for: Duration) {
     let _slot = row_slot().await;
     let started = Instant::now();
     let kafka = kafka_dedicated().await;
     let search = elasticsearch().await;
-    let p = Pipeline::new("row2", &kafka.bootstrap, &search, &[], "");
+    let p = Pipeline::new(row, &kafka.bootstrap, &search, &[], "");
     p.setup();
     let mut indexer = p.indexer("a");
     let mut shipper = p.shipper();
@@ -182,11 +197,17 @@ async fn row2_kafka_broker_restarted_while_the_shipper_publishes() {
     let written = p.written();
     let down = Instant::now();
     kafka.stop().await;
+    tokio::time::sleep(down_for).await;
     kafka.start().await;
     let outage = down.elapsed();
-    assert!(p.written() > written + 300, "[row2] loadgen did not write during the broker restart");
-    assert!(shipper.is_running() && indexer.is_running(), "[row2] a Sluice process died with the broker");
+    assert!(p.written() > written + 300, "[{row}] loadgen did not write during the broker restart");
+    assert!(shipper.is_running() && indexer.is_running(), "[{row}] a Sluice process died with the broker");
     let after = kafka_reaches(&p, before + 3000, "progress after the restart").await;
+    let indexed = es_reaches(&p, before as u64 + 3000, "indexing after the restart").await;
+    let lost_assignments = indexer.metric_sum("sluice_indexer_rebalances_total{kind=\"lost\"}");
+    if !down_for.is_zero() {
+        assert!(lost_assignments > 0.0, "[{row}] the outage did not cost the indexer its assignment");
+    }
     let (_, records, drain) = stop_and_verify(&p, &mut lg).await;
     let conflicts = p.es_conflicts().await.expect("index stats");
     assert_eq!(indexer.metric_sum(DEAD), 0.0);
@@ -195,6 +216,8 @@ async fn row2_kafka_broker_restarted_while_the_shipper_publishes() {
         ("outage", secs(outage)),
         ("kafka_before", before.to_string()),
         ("kafka_after", after.to_string()),
+        ("es_after", indexed.to_string()),
+        ("assignments_lost", lost_assignments.to_string()),
         ("drain", secs(drain)),
         ("409s_es", conflicts.to_string()),
         ("kafka_retries", shipper.metric("sluice_shipper_kafka_retries_total").to_string()),

@@ -202,7 +202,13 @@ impl Indexer {
             .envs(env.iter().cloned())
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("SLUICE_METRICS__LISTEN", &metrics_addr)
-            .env("RUST_LOG", "info,sluice_indexer=debug,librdkafka=warn")
+            // A test may set its own filter in `env` (e.g. librdkafka's debug contexts at trace).
+            .env(
+                "RUST_LOG",
+                env.iter()
+                    .find(|(k, _)| k == "RUST_LOG")
+                    .map_or("info,sluice_indexer=debug,librdkafka=warn", |(_, v)| v.as_str()),
+            )
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
